@@ -1,0 +1,52 @@
+"""The wire contract of the referral program (SPEC §2), version 1.
+
+Inbound events come from billing; outbound events are published by this project.
+Every model ignores unknown fields (forward compatible) and rejects a
+``schema_version`` newer than it knows.
+"""
+
+from referral_events.envelope import SUPPORTED_SCHEMA_VERSION, Envelope, UnsupportedSchemaVersion
+from referral_events.inbound import (
+    INBOUND_EVENT_TYPES,
+    Customer,
+    InboundEvent,
+    InvoicePaid,
+    InvoicePaidData,
+    SubscriptionCancelled,
+    SubscriptionCancelledData,
+    SubscriptionCreated,
+    SubscriptionCreatedData,
+)
+from referral_events.outbound import (
+    DLQ_HEADERS,
+    DeadLetterReason,
+    PayoutDue,
+    PayoutDueData,
+    ReferralCodeAssigned,
+    ReferralCodeAssignedData,
+    ReferralCreditEarned,
+    ReferralCreditEarnedData,
+)
+
+__all__ = [
+    "DLQ_HEADERS",
+    "INBOUND_EVENT_TYPES",
+    "SUPPORTED_SCHEMA_VERSION",
+    "Customer",
+    "DeadLetterReason",
+    "Envelope",
+    "InboundEvent",
+    "InvoicePaid",
+    "InvoicePaidData",
+    "PayoutDue",
+    "PayoutDueData",
+    "ReferralCodeAssigned",
+    "ReferralCodeAssignedData",
+    "ReferralCreditEarned",
+    "ReferralCreditEarnedData",
+    "SubscriptionCancelled",
+    "SubscriptionCancelledData",
+    "SubscriptionCreated",
+    "SubscriptionCreatedData",
+    "UnsupportedSchemaVersion",
+]

@@ -1,0 +1,88 @@
+"""Events this project publishes, and the dead-letter header contract."""
+
+from __future__ import annotations
+
+import datetime as dt
+from enum import StrEnum
+from typing import Literal
+from uuid import UUID
+
+from pydantic import AwareDatetime, Field
+
+from referral_events.envelope import Data, Envelope
+
+
+class PayoutDueData(Data):
+    payout_id: UUID = Field(
+        description="Deterministic per referral: a redelivery carries the same id."
+    )
+    referral_id: UUID
+    program: Literal["cash"] = "cash"
+    referrer_account_id: str
+    payee: str
+    referee_account_id: str
+    referral_code: str
+    plan_family: str
+    amount_cents: int = Field(gt=0)
+    currency: str
+    first_payment_at: AwareDatetime
+    eligible_on: dt.date
+    pay_by: dt.date
+
+
+class ReferralCodeAssignedData(Data):
+    account_id: str
+    code: str = Field(description="Display form XXXX-XXXX, Crockford base32.")
+    link: str
+    replaces: str | None = None
+
+
+class ReferralCreditEarnedData(Data):
+    referrer_account_id: str
+    referee_account_id: str
+    invoice_id: str
+    amount_cents: int = Field(gt=0)
+    currency: str
+
+
+class PayoutDue(Envelope):
+    EVENT_TYPE = "payout.due"
+    event_type: Literal["payout.due"] = "payout.due"
+    schema_version: int = 1
+    data: PayoutDueData
+
+
+class ReferralCodeAssigned(Envelope):
+    EVENT_TYPE = "referral_code.assigned"
+    event_type: Literal["referral_code.assigned"] = "referral_code.assigned"
+    schema_version: int = 1
+    data: ReferralCodeAssignedData
+
+
+class ReferralCreditEarned(Envelope):
+    EVENT_TYPE = "referral.credit.earned"
+    event_type: Literal["referral.credit.earned"] = "referral.credit.earned"
+    schema_version: int = 1
+    data: ReferralCreditEarnedData
+
+
+class DeadLetterReason(StrEnum):
+    """Why a message went to the dead-letter topic (header ``dlq.reason``)."""
+
+    UNPARSEABLE = "unparseable"
+    INVALID = "invalid"
+    UNSUPPORTED_SCHEMA_VERSION = "unsupported_schema_version"
+    EVENT_TYPE_MISMATCH = "event_type_mismatch"
+    OVERSIZED = "oversized"
+
+
+#: Headers on every dead-lettered message; the value is the original bytes.
+DLQ_HEADERS: dict[str, str] = {
+    "dlq.reason": "one of DeadLetterReason",
+    "dlq.detail": "human-readable cause, no personal data",
+    "dlq.source.topic": "topic the message was consumed from",
+    "dlq.source.partition": "its partition (decimal)",
+    "dlq.source.offset": "its offset (decimal)",
+    "dlq.consumer_group": "consumer group that rejected it",
+    "dlq.failed_at": "RFC 3339 UTC time of rejection",
+}

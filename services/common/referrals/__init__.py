@@ -1,0 +1,1 @@
+"""Shared platform of the referral services: settings, logging, database, outbox, embedded stack, CLI."""

@@ -1,0 +1,197 @@
+"""Transactional outbox: rows written with the effects, published by a relay at least once.
+
+Rows are claimed with ``FOR UPDATE SKIP LOCKED`` inside a transaction that
+stays open until the broker acknowledged every message (``acks="all"``), so
+replicas never publish the same row concurrently, and a crash between the
+publish and the commit republishes the row with the same event id. Consumers
+dedupe on that id (``payout_id`` for payouts).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+import structlog
+from aiokafka import AIOKafkaProducer
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from referrals.db import TRANSIENT_DB_ERRORS
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class OutboxMessage:
+    """One message to publish: raw bytes, so dead letters keep the original payload."""
+
+    topic: str
+    key: bytes | None
+    payload: bytes
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+_INSERT = """
+insert into outbox (topic, key, payload, headers)
+select * from unnest($1::text[], $2::bytea[], $3::bytea[], $4::jsonb[])
+"""
+
+
+async def enqueue(conn: asyncpg.Connection, messages: Sequence[OutboxMessage]) -> None:
+    """Add messages to the outbox in the caller's transaction (one statement)."""
+    if not messages:
+        return
+    await conn.execute(
+        _INSERT,
+        [m.topic for m in messages],
+        [m.key for m in messages],
+        [m.payload for m in messages],
+        [m.headers for m in messages],
+    )
+
+
+class OutboxMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.backlog = Gauge(
+            "referrals_outbox_backlog", "Outbox rows not yet published", registry=registry
+        )
+        self.oldest_age = Gauge(
+            "referrals_outbox_oldest_age_seconds",
+            "Age of the oldest unpublished outbox row (0 when empty)",
+            registry=registry,
+        )
+        self.published = Counter(
+            "referrals_outbox_published", "Outbox rows published", ["topic"], registry=registry
+        )
+        self.failures = Counter(
+            "referrals_outbox_publish_failures",
+            "Outbox publish attempts that failed (rows stay and are retried)",
+            ["topic"],
+            registry=registry,
+        )
+
+
+_CLAIM = """
+select id, topic, key, payload, headers from outbox
+where published_at is null
+order by id
+limit $1
+for update skip locked
+"""
+
+
+class OutboxRelay:
+    """Publishes outbox rows in id order, in batches, at least once."""
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        producer: AIOKafkaProducer,
+        metrics: OutboxMetrics,
+        *,
+        batch: int = 2000,
+        poll_seconds: float = 0.2,
+    ) -> None:
+        self._pool = pool
+        self._producer = producer
+        self._metrics = metrics
+        self._batch = batch
+        self._poll = poll_seconds
+
+    async def publish_pending(self) -> int:
+        """Claim, publish and mark one batch; returns how many rows were published."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            rows = await conn.fetch(_CLAIM, self._batch)
+            if not rows:
+                return 0
+            await self._send(rows)
+            await conn.execute(
+                "update outbox set published_at = now() where id = any($1::bigint[])",
+                [r["id"] for r in rows],
+            )
+        for row in rows:
+            self._metrics.published.labels(row["topic"]).inc()
+        return len(rows)
+
+    async def _send(self, rows: Sequence[asyncpg.Record]) -> None:
+        futures = []
+        for row in rows:
+            headers = [(k, str(v).encode()) for k, v in _headers(row["headers"]).items()]
+            try:
+                futures.append(
+                    await self._producer.send(
+                        row["topic"], row["payload"], key=row["key"], headers=headers
+                    )
+                )
+            except Exception:
+                self._metrics.failures.labels(row["topic"]).inc()
+                raise
+        results = await asyncio.gather(*futures, return_exceptions=True)
+        failed = [
+            (row, r) for row, r in zip(rows, results, strict=True) if isinstance(r, Exception)
+        ]
+        for row, _ in failed:
+            self._metrics.failures.labels(row["topic"]).inc()
+        if failed:
+            raise failed[0][1]
+
+    async def refresh_backlog(self) -> None:
+        """Update the backlog gauges from the table."""
+        async with self._pool.acquire() as conn:
+            row = await conn.fetchrow(
+                """select count(*) as n,
+                          coalesce(extract(epoch from now() - min(created_at)), 0) as age
+                   from outbox where published_at is null"""
+            )
+        assert row is not None
+        self._metrics.backlog.set(row["n"])
+        self._metrics.oldest_age.set(float(row["age"]))
+
+    async def drain(self) -> int:
+        """Publish until the outbox is empty; returns the number published."""
+        total = 0
+        while n := await self.publish_pending():
+            total += n
+        await self.refresh_backlog()
+        return total
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        """Relay until ``stopping`` is set; broker or database outages back off and retry."""
+        delay = self._poll
+        while not stopping.is_set():
+            try:
+                published = await self.publish_pending()
+                await self.refresh_backlog()
+                delay = self._poll
+            except (*TRANSIENT_DB_ERRORS, Exception) as exc:
+                log.warning("outbox_relay_failed", error=type(exc).__name__, detail=str(exc)[:200])
+                published = 0
+                delay = min(delay * 2, 10.0)
+            if published < self._batch:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stopping.wait(), timeout=delay)
+
+
+def _headers(value: Any) -> dict[str, Any]:
+    if isinstance(value, str):
+        loaded: dict[str, Any] = json.loads(value)
+        return loaded
+    return dict(value or {})
+
+
+def make_producer(bootstrap: str, security: dict[str, Any], **extra: Any) -> AIOKafkaProducer:
+    """The producer for anything that carries money or state: ``acks="all"``."""
+    return AIOKafkaProducer(
+        bootstrap_servers=bootstrap,
+        acks="all",
+        linger_ms=5,
+        max_batch_size=256 * 1024,
+        request_timeout_ms=30_000,
+        **security,
+        **extra,
+    )

@@ -1,0 +1,170 @@
+"""Configuration from environment variables (12-factor), validated once at start-up."""
+
+from __future__ import annotations
+
+import os
+import ssl
+import sys
+from functools import cached_property
+from typing import Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from faststream.security import BaseSecurity, SASLPlaintext, SASLScram256, SASLScram512
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+#: `referrals dev up` writes the embedded stack's addresses here; real env vars win.
+DEV_ENV_FILE = os.environ.get("REFERRALS_ENV_FILE", ".dev/stack.env")
+
+
+class Topics(BaseSettings):
+    """Topic names (SPEC §2 defaults), overridable per environment."""
+
+    model_config = SettingsConfigDict(env_prefix="TOPIC_", env_file=DEV_ENV_FILE, extra="ignore")
+
+    subscription_created: str = "billing.subscription.created"
+    invoice_paid: str = "billing.invoice.paid"
+    subscription_cancelled: str = "billing.subscription.cancelled"
+    payout_due: str = "referrals.payout.due"
+    code_assigned: str = "referrals.code.assigned"
+    credit_earned: str = "referrals.credit.earned"
+    dlq: str = "referrals.dlq"
+
+    @property
+    def billing(self) -> dict[str, str]:
+        """Inbound topic -> the event type it must carry."""
+        return {
+            self.subscription_created: "subscription.created",
+            self.invoice_paid: "invoice.paid",
+            self.subscription_cancelled: "subscription.cancelled",
+        }
+
+    @property
+    def all(self) -> list[str]:
+        return [
+            self.subscription_created,
+            self.invoice_paid,
+            self.subscription_cancelled,
+            self.payout_due,
+            self.code_assigned,
+            self.credit_earned,
+            self.dlq,
+        ]
+
+
+class Settings(BaseSettings):
+    """Every knob of both services. Unknown env vars are ignored."""
+
+    model_config = SettingsConfigDict(env_file=DEV_ENV_FILE, extra="ignore")
+
+    kafka_bootstrap_servers: str = Field(min_length=1)
+    database_url: str = Field(min_length=1)
+    consumer_group: str = "referral-consumer"
+    program_timezone: str = "America/Los_Angeles"
+    program_currency: str = Field(default="USD", pattern=r"^[A-Z]{3}$")
+    payout_settle_days: int = Field(default=1, ge=0, le=31)
+    referral_link_base: str = "https://app.example.com/r"
+    referee_discount_cents: int = Field(default=10000, ge=0)
+    http_port: int = Field(default=8080, ge=0, le=65535)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["json", "console"] = "json"
+    api_token: str | None = None
+    topics: Topics = Field(default_factory=Topics)
+
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: str | None = None
+    kafka_ssl_cafile: str | None = None
+    kafka_ssl_certfile: str | None = None
+    kafka_ssl_keyfile: str | None = None
+
+    consumer_max_batch: int = Field(default=5000, ge=1, le=100_000)
+    consumer_batch_timeout_ms: int = Field(default=100, ge=1)
+    max_message_bytes: int = Field(default=64 * 1024, ge=256)
+    db_pool_size: int = Field(default=4, ge=1, le=64)
+    outbox_batch: int = Field(default=2000, ge=1, le=100_000)
+    outbox_poll_ms: int = Field(default=200, ge=10)
+    scheduler_interval_seconds: int = Field(default=3600, ge=1, le=3600)
+    scheduler_batch: int = Field(default=10_000, ge=1)
+
+    @field_validator("program_timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"unknown IANA time zone {value!r}") from exc
+        return value
+
+    @field_validator("referral_link_base")
+    @classmethod
+    def _link_base(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must be an http(s) URL, e.g. https://app.example.com/r")
+        return value.rstrip("/")
+
+    @cached_property
+    def tz(self) -> ZoneInfo:
+        return ZoneInfo(self.program_timezone)
+
+    def _ssl_context(self) -> ssl.SSLContext | None:
+        if not self.kafka_security_protocol.endswith("SSL"):
+            return None
+        context = ssl.create_default_context(cafile=self.kafka_ssl_cafile)
+        if self.kafka_ssl_certfile:
+            context.load_cert_chain(self.kafka_ssl_certfile, self.kafka_ssl_keyfile)
+        return context
+
+    def kafka_security(self) -> dict[str, object]:
+        """aiokafka keyword arguments for the configured security protocol."""
+        options: dict[str, object] = {"security_protocol": self.kafka_security_protocol}
+        if self.kafka_security_protocol.startswith("SASL"):
+            options.update(
+                sasl_mechanism=self.kafka_sasl_mechanism or "PLAIN",
+                sasl_plain_username=self.kafka_sasl_username,
+                sasl_plain_password=self.kafka_sasl_password,
+            )
+        if (context := self._ssl_context()) is not None:
+            options["ssl_context"] = context
+        return options
+
+    def faststream_security(self) -> BaseSecurity | None:
+        """The same security settings in FastStream's form, for ``KafkaBroker``."""
+        context = self._ssl_context()
+        if self.kafka_security_protocol.startswith("SASL"):
+            kind = {
+                "PLAIN": SASLPlaintext,
+                "SCRAM-SHA-256": SASLScram256,
+                "SCRAM-SHA-512": SASLScram512,
+            }[self.kafka_sasl_mechanism or "PLAIN"]
+            return kind(
+                self.kafka_sasl_username or "", self.kafka_sasl_password or "", ssl_context=context
+            )
+        return BaseSecurity(ssl_context=context) if context else None
+
+    @model_validator(mode="after")
+    def _sasl_credentials(self) -> Settings:
+        if self.kafka_security_protocol.startswith("SASL") and not (
+            self.kafka_sasl_username and self.kafka_sasl_password
+        ):
+            raise ValueError(
+                f"KAFKA_SECURITY_PROTOCOL={self.kafka_security_protocol} needs "
+                "KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD"
+            )
+        return self
+
+
+def load_settings() -> Settings:
+    """Read and validate the environment; exit with a readable message if it is wrong."""
+    try:
+        settings = Settings()  # type: ignore[call-arg]
+    except ValidationError as exc:
+        lines = ["configuration error:"]
+        for error in exc.errors():
+            name = "_".join(str(part) for part in error["loc"]).upper() or "?"
+            lines.append(f"  {name}: {error['msg']}")
+        lines.append(f"(set the variables, or run `referrals dev up` to write {DEV_ENV_FILE})")
+        print("\n".join(lines), file=sys.stderr)
+        raise SystemExit(2) from None
+    return settings

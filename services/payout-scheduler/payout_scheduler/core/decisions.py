@@ -1,0 +1,152 @@
+"""The payout decision for one referral: due, forfeited or ineligible, from facts alone.
+
+A decision depends only on facts whose business time is before the start of
+``eligible_on`` (SPEC §3.6) and never on when the scheduler runs: ``as_of``
+only says whether the referral is decidable yet.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+from uuid import UUID
+from zoneinfo import ZoneInfo
+
+from payout_scheduler.core import calendar
+
+#: Cash per referee plan family; any other family earns nothing.
+REWARD_CENTS: dict[str, int] = {"virtual_receptionist": 100_000, "voice_assistant": 20_000}
+
+#: Namespace of the deterministic ``payout_id``; changing it would re-pay every referral.
+PAYOUT_NAMESPACE = uuid.UUID("6f1c9a52-3d7e-4b8a-9c1e-2a5b7d9e0f13")
+
+DUE = "due"
+FORFEITED = "forfeited"
+INELIGIBLE = "ineligible"
+
+CANCELLED_BEFORE_ELIGIBILITY = "cancelled_before_eligibility"
+NO_QUALIFYING_PLAN = "no_qualifying_plan"
+PARTNER_INELIGIBLE = "partner_ineligible"
+
+
+@dataclass(frozen=True)
+class SubscriptionSpan:
+    """One referee subscription as the decision sees it; all datetimes tz-aware business time."""
+
+    subscription_id: str
+    plan_family: str
+    created_at: datetime
+    cancelled_at: datetime | None  # business time the cancellation event occurred
+    effective_at: datetime | None  # when service ends
+
+
+@dataclass(frozen=True)
+class ReferralFacts:
+    """Everything the decision needs about one referral, as recorded by the consumer."""
+
+    referral_id: UUID
+    referrer_account_id: str
+    referee_account_id: str
+    referral_code: str
+    currency: str
+    status: str  # "pending" | "qualified" | "ineligible"
+    reason: str | None  # the consumer's ineligibility reason when status == "ineligible"
+    first_payment_at: datetime | None
+    referrer_is_partner: bool
+    payee: str | None  # support's override; None = the referrer account itself
+    subscriptions: tuple[SubscriptionSpan, ...]  # the referee's subscriptions, any order
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The one-and-only outcome for a referral; ``amount_cents`` > 0 exactly when due."""
+
+    referral_id: UUID
+    payout_id: UUID
+    outcome: str  # "due" | "forfeited" | "ineligible"
+    reason: str | None  # None when due
+    plan_family: str | None  # the family that earns the reward; None unless due
+    amount_cents: int
+    currency: str
+    payee: str
+    first_payment_at: datetime
+    eligible_on: date
+    pay_by: date
+
+
+def payout_id_for(referral_id: UUID) -> UUID:
+    """The payout id of a referral: the same on every run, replica and redelivery."""
+    return uuid.uuid5(PAYOUT_NAMESPACE, f"payout:{referral_id}")
+
+
+def decide(
+    facts: ReferralFacts, as_of: date, tz: ZoneInfo, settle_days: int = 1
+) -> Decision | None:
+    """Decide a referral's payout, or return None when it is not decidable on ``as_of``.
+
+    Not decidable: no first payment yet, or ``as_of`` is before ``eligible_on``
+    plus ``settle_days`` calendar days (the wait for late events). Once
+    decidable, the result is the same for every later ``as_of`` and for any
+    order of ``facts.subscriptions``.
+
+    In order: a referral the consumer found ineligible stays so with its
+    reason; a partner referrer is ``partner_ineligible``; otherwise the
+    referral is due if at least one qualifying subscription is active at the
+    start of ``eligible_on`` (the largest reward among active families wins),
+    else forfeited.
+    """
+    if settle_days < 0:
+        raise ValueError(f"settle_days must be >= 0, got {settle_days}")
+    first_payment_at = facts.first_payment_at
+    if first_payment_at is None:
+        return None
+    eligible = calendar.eligible_on(first_payment_at, tz)
+    if as_of < eligible + timedelta(days=settle_days):
+        return None
+
+    outcome, reason, family = _outcome(facts, calendar.eligibility_instant(eligible, tz))
+    return Decision(
+        referral_id=facts.referral_id,
+        payout_id=payout_id_for(facts.referral_id),
+        outcome=outcome,
+        reason=reason,
+        plan_family=family,
+        amount_cents=REWARD_CENTS[family] if family is not None else 0,
+        currency=facts.currency,
+        payee=facts.payee if facts.payee is not None else facts.referrer_account_id,
+        first_payment_at=first_payment_at,
+        eligible_on=eligible,
+        pay_by=calendar.pay_by(eligible),
+    )
+
+
+def _outcome(facts: ReferralFacts, eligible_at: datetime) -> tuple[str, str | None, str | None]:
+    if facts.status == INELIGIBLE:
+        return INELIGIBLE, facts.reason, None
+    if facts.referrer_is_partner:
+        return INELIGIBLE, PARTNER_INELIGIBLE, None
+
+    held_before = [
+        span
+        for span in facts.subscriptions
+        if REWARD_CENTS.get(span.plan_family, 0) > 0 and span.created_at < eligible_at
+    ]
+    if not held_before:
+        return FORFEITED, NO_QUALIFYING_PLAN, None
+    active = {span.plan_family for span in held_before if _active_at(span, eligible_at)}
+    if not active:
+        return FORFEITED, CANCELLED_BEFORE_ELIGIBILITY, None
+    # Ties on amount break by name so the choice never depends on input order.
+    best = max(active, key=lambda family: (REWARD_CENTS[family], family))
+    return DUE, None, best
+
+
+def _active_at(span: SubscriptionSpan, instant: datetime) -> bool:
+    """Still in service at ``instant``, judged only on what was known before it."""
+    if span.effective_at is None:
+        return True
+    if span.cancelled_at is not None and span.cancelled_at >= instant:
+        # Cancelled on or after the eligibility instant: a later fact, ignored (SPEC §3.6).
+        return True
+    return span.effective_at > instant

@@ -1,0 +1,1 @@
+"""The referral consumer: billing events -> referral state, exactly once."""

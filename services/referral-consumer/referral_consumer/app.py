@@ -1,0 +1,229 @@
+"""FastStream wiring of the referral consumer: one batch subscriber on the billing topics.
+
+Run it with ``referral-consumer`` (uvicorn + this ASGI app), or
+``faststream run --factory referral_consumer.app:create_app``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+
+import asyncpg
+import structlog
+from aiokafka import ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import CommitFailedError, KafkaError
+from faststream import AckPolicy
+from faststream.asgi import AsgiFastStream, AsgiResponse, get
+from faststream.kafka import KafkaBroker, KafkaMessage
+from prometheus_client import CollectorRegistry, make_asgi_app
+
+from referral_consumer.metrics import ConsumerMetrics
+from referral_consumer.processor import BatchProcessor
+from referral_consumer.store import Outbound
+from referrals.db import create_pool
+from referrals.outbox import OutboxRelay, make_producer
+from referrals.settings import Settings
+
+log = structlog.get_logger(__name__)
+
+
+class _LagTracker(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Keeps the per-partition lag gauge to the partitions this member owns."""
+
+    def __init__(self, metrics: ConsumerMetrics) -> None:
+        self._metrics = metrics
+
+    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        # The batch in hand finishes before the next poll (where this runs), so
+        # nothing is half-applied here; its commit may fail and be redelivered.
+        self._metrics.rebalances.inc()
+        for tp in revoked:
+            with contextlib.suppress(KeyError):
+                self._metrics.lag.remove(tp.topic, str(tp.partition))
+
+    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        self._metrics.assigned_partitions.set(len(assigned))
+        log.info(
+            "partitions_assigned", partitions=sorted(f"{t.topic}:{t.partition}" for t in assigned)
+        )
+
+
+async def _tolerant_parser(records: Any, original: Any) -> Any:
+    """FastStream's parser decodes headers as UTF-8 and would drop the whole batch on one
+    bad header; headers are not part of the contract, so replace undecodable ones."""
+    try:
+        return await original(records)
+    except UnicodeDecodeError:
+        for record in records:
+            record.headers = [
+                (k, v.decode(errors="replace").encode()) for k, v in (record.headers or [])
+            ]
+        return await original(records)
+
+
+async def _no_decode(message: Any) -> None:
+    """The handler reads raw records; skip FastStream's JSON decoding of every body."""
+    return None
+
+
+class ConsumerService:
+    """Everything the consumer process owns, built once at start-up."""
+
+    def __init__(self, settings: Settings, registry: CollectorRegistry | None = None) -> None:
+        self.settings = settings
+        self.registry = registry or CollectorRegistry()
+        self.metrics = ConsumerMetrics(self.registry)
+        self.stopping = asyncio.Event()
+        self.pool: asyncpg.Pool | None = None
+        self.processor: BatchProcessor | None = None
+        self.relay: OutboxRelay | None = None
+        self._relay_task: asyncio.Task[None] | None = None
+        self._producer = make_producer(settings.kafka_bootstrap_servers, settings.kafka_security())
+        self.subscribed = False
+        self.broker = KafkaBroker(
+            settings.kafka_bootstrap_servers,
+            graceful_timeout=8.0,
+            logger=None,
+            security=settings.faststream_security(),
+        )
+        topics = settings.topics
+        self.broker.subscriber(
+            *topics.billing.keys(),
+            batch=True,
+            max_records=settings.consumer_max_batch,
+            batch_timeout_ms=settings.consumer_batch_timeout_ms,
+            group_id=settings.consumer_group,
+            auto_offset_reset="earliest",
+            ack_policy=AckPolicy.MANUAL,
+            listener=_LagTracker(self.metrics),
+            max_partition_fetch_bytes=4 * 1024 * 1024,
+            parser=_tolerant_parser,
+            decoder=_no_decode,
+            title="on_billing_events",
+        )(self.on_billing_events)
+
+    async def on_billing_events(self, msg: KafkaMessage) -> None:
+        """Apply one batch, then commit the offsets it covers (at least once, effects once)."""
+        assert self.processor is not None
+        records = msg.raw_message
+        if not isinstance(records, tuple) or not records:
+            return
+        result = await self.processor.process(records)
+        try:
+            await msg.ack()
+        except (CommitFailedError, KafkaError) as exc:
+            # The effects are durable; the redelivered records will be duplicates.
+            self.metrics.commit_failures.inc()
+            log.warning("offset_commit_failed", error=type(exc).__name__)
+        await self._update_lag(msg)
+        log.debug(
+            "batch_committed",
+            size=len(records),
+            applied=sum(result.applied.values()),
+            duplicates=sum(result.duplicates.values()),
+            dead_lettered=sum(result.dead_lettered.values()),
+            first_offset=records[0].offset,
+            topic=records[0].topic,
+            partition=records[0].partition,
+        )
+
+    async def _update_lag(self, msg: KafkaMessage) -> None:
+        consumer = getattr(msg, "consumer", None)
+        if consumer is None or not hasattr(consumer, "assignment"):
+            return
+        for tp in consumer.assignment():
+            high = consumer.highwater(tp)
+            if high is None:
+                continue
+            with contextlib.suppress(Exception):
+                position = await consumer.position(tp)
+                self.metrics.lag.labels(tp.topic, str(tp.partition)).set(max(0, high - position))
+
+    async def start_resources(self) -> None:
+        s = self.settings
+        self.pool = await create_pool(s.database_url, size=s.db_pool_size)
+        self.processor = BatchProcessor(
+            self.pool,
+            s.topics.billing,
+            Outbound(
+                code_assigned=s.topics.code_assigned,
+                credit_earned=s.topics.credit_earned,
+                dlq=s.topics.dlq,
+                link_base=s.referral_link_base,
+                consumer_group=s.consumer_group,
+            ),
+            self.metrics,
+            self.stopping,
+            max_message_bytes=s.max_message_bytes,
+        )
+        await self._producer.start()
+        self.relay = OutboxRelay(
+            self.pool,
+            self._producer,
+            self.metrics.outbox,
+            batch=s.outbox_batch,
+            poll_seconds=s.outbox_poll_ms / 1000,
+        )
+        self.metrics.ready.set(1)
+
+    async def start_relay(self) -> None:
+        assert self.relay is not None
+        self.subscribed = True
+        self._relay_task = asyncio.create_task(self.relay.run(self.stopping))
+        log.info("consumer_started", topics=list(self.settings.topics.billing))
+
+    async def begin_shutdown(self) -> None:
+        self.metrics.ready.set(0)
+        self.subscribed = False
+        self.stopping.set()
+
+    async def close_resources(self) -> None:
+        if self._relay_task is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._relay_task
+        if self.relay is not None:
+            # Publish what the last batches queued, so a clean stop leaves no backlog.
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.relay.drain(), timeout=5)
+        await self._producer.stop()
+        if self.pool is not None:
+            await self.pool.close()
+        log.info("consumer_stopped")
+
+    def ready(self) -> bool:
+        return self.subscribed and self.processor is not None and self.processor.db_healthy
+
+
+def create_app(settings: Settings | None = None) -> AsgiFastStream:
+    """The ASGI app: broker + /healthz, /readyz and /metrics."""
+    from referrals.settings import load_settings
+
+    service = ConsumerService(settings or load_settings())
+
+    @get
+    async def healthz(scope: Any) -> AsgiResponse:
+        return AsgiResponse(b"ok", status_code=200)
+
+    @get
+    async def readyz(scope: Any) -> AsgiResponse:
+        if service.ready():
+            return AsgiResponse(b"ready", status_code=200)
+        return AsgiResponse(b"not ready", status_code=503)
+
+    app = AsgiFastStream(
+        service.broker,
+        asgi_routes=[
+            ("/healthz", healthz),
+            ("/readyz", readyz),
+            ("/metrics", make_asgi_app(service.registry)),
+        ],
+        on_startup=[service.start_resources],
+        after_startup=[service.start_relay],
+        on_shutdown=[service.begin_shutdown],
+        after_shutdown=[service.close_resources],
+        logger=None,
+    )
+    app.service = service  # type: ignore[attr-defined]
+    return app

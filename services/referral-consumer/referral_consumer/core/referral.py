@@ -1,0 +1,197 @@
+"""Attribution and eligibility: the referral state of an account from its set of facts.
+
+The state is a pure function of the facts, never of their arrival order, so a
+batch can recompute it for every touched account and write the result.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+
+#: Plan families that earn cash; a first payment must be on one of these.
+QUALIFYING_FAMILIES = frozenset({"virtual_receptionist", "voice_assistant"})
+
+REFERRAL_NAMESPACE = uuid.UUID("0b8f6f5e-8f0c-4d8e-a6a1-5f3d2c9e7b41")
+
+#: Webmail domains shared by unrelated people; sharing one proves nothing.
+PUBLIC_EMAIL_DOMAINS = frozenset(
+    {
+        "gmail.com", "googlemail.com", "yahoo.com", "ymail.com", "outlook.com", "hotmail.com",
+        "live.com", "msn.com", "icloud.com", "me.com", "mac.com", "aol.com", "protonmail.com",
+        "proton.me", "gmx.com", "gmx.net", "mail.com", "yandex.com", "zoho.com", "fastmail.com",
+        "hey.com", "tutanota.com", "comcast.net", "verizon.net", "att.net", "sbcglobal.net",
+    }
+)  # fmt: skip
+
+
+class Status(StrEnum):
+    PENDING = "pending"  # attributed, no qualifying payment yet
+    QUALIFIED = "qualified"  # first payment recorded; the scheduler decides at eligible_on
+    INELIGIBLE = "ineligible"
+
+
+class Ineligible(StrEnum):
+    """Why nobody earns for a referral (SPEC §1), in the order they are checked."""
+
+    SELF_REFERRAL = "self_referral"
+    SAME_ORGANIZATION = "same_organization"
+    SHARED_PAYMENT_METHOD = "shared_payment_method"
+    SAME_EMAIL_DOMAIN = "same_email_domain"
+    EXISTING_CLIENT = "existing_client"
+    PARTNER = "partner_ineligible"
+
+
+@dataclass(frozen=True)
+class SubscriptionFact:
+    subscription_id: str
+    account_id: str
+    created_at: datetime
+    plan_family: str
+    currency: str
+    first_time_client: bool
+    referral_code: str | None
+    referrer_account_id: str | None  # code owner at use; None = unattributed
+    email_domain: str | None
+    organization_id: str | None
+    payment_fingerprint_hash: str | None
+
+
+@dataclass(frozen=True)
+class InvoiceFact:
+    invoice_id: str
+    account_id: str
+    subscription_id: str
+    paid_at: datetime
+    amount_paid_cents: int
+
+
+@dataclass(frozen=True)
+class Referral:
+    referral_id: uuid.UUID
+    referee_account_id: str
+    referrer_account_id: str
+    referral_code: str
+    subscription_id: str
+    attributed_at: datetime
+    status: Status
+    reason: Ineligible | None
+    first_payment_at: datetime | None
+    first_payment_invoice_id: str | None
+    currency: str
+
+
+def referral_id_for(referee_account_id: str) -> uuid.UUID:
+    """One referral per referred account, with an id stable across recomputations."""
+    return uuid.uuid5(REFERRAL_NAMESPACE, f"referral:{referee_account_id}")
+
+
+def email_domain(email: str | None) -> str | None:
+    """Lower-cased domain of an address, or ``None``; the address itself is never kept."""
+    if not email or "@" not in email:
+        return None
+    domain = email.rsplit("@", 1)[1].strip().lower().rstrip(".")
+    return domain or None
+
+
+def fingerprint_hash(fingerprint: str | None) -> str | None:
+    """A one-way digest of a payment fingerprint: equality survives, the value does not."""
+    if not fingerprint:
+        return None
+    return hashlib.sha256(f"payment-fingerprint:{fingerprint}".encode()).hexdigest()
+
+
+def attributing_subscription(subscriptions: list[SubscriptionFact]) -> SubscriptionFact | None:
+    """First touch: the earliest subscription (business time, then id) that carried a known code."""
+    candidates = [s for s in subscriptions if s.referrer_account_id is not None]
+    if not candidates:
+        return None
+    return min(candidates, key=lambda s: (s.created_at, s.subscription_id))
+
+
+def referral_state(
+    referee_subscriptions: list[SubscriptionFact],
+    referee_invoices: list[InvoiceFact],
+    referrer_subscriptions: list[SubscriptionFact],
+    referrer_is_partner: bool,
+) -> Referral | None:
+    """The referral of one referee account, or ``None`` when it was not referred.
+
+    ``referee_*`` are all known facts of the referee account; ``referrer_*``
+    those of the account that owns the attributing code.
+    """
+    touch = attributing_subscription(referee_subscriptions)
+    if touch is None or touch.referrer_account_id is None or touch.referral_code is None:
+        return None
+    referee = touch.account_id
+    qualifying = {
+        s.subscription_id for s in referee_subscriptions if s.plan_family in QUALIFYING_FAMILIES
+    }
+    paid = [i for i in referee_invoices if i.amount_paid_cents > 0]
+    first_payment = min(
+        (i for i in paid if i.subscription_id in qualifying and i.paid_at >= touch.created_at),
+        key=lambda i: (i.paid_at, i.invoice_id),
+        default=None,
+    )
+    reason = _ineligibility(
+        touch, referee_subscriptions, paid, referrer_subscriptions, referrer_is_partner
+    )
+    if reason is not None:
+        status = Status.INELIGIBLE
+    elif first_payment is not None:
+        status = Status.QUALIFIED
+    else:
+        status = Status.PENDING
+    return Referral(
+        referral_id=referral_id_for(referee),
+        referee_account_id=referee,
+        referrer_account_id=touch.referrer_account_id,
+        referral_code=touch.referral_code,
+        subscription_id=touch.subscription_id,
+        attributed_at=touch.created_at,
+        status=status,
+        reason=reason,
+        first_payment_at=first_payment.paid_at if first_payment else None,
+        first_payment_invoice_id=first_payment.invoice_id if first_payment else None,
+        currency=touch.currency,
+    )
+
+
+def _ineligibility(
+    touch: SubscriptionFact,
+    referee_subscriptions: list[SubscriptionFact],
+    referee_paid: list[InvoiceFact],
+    referrer_subscriptions: list[SubscriptionFact],
+    referrer_is_partner: bool,
+) -> Ineligible | None:
+    if touch.referrer_account_id == touch.account_id:
+        return Ineligible.SELF_REFERRAL
+    if _shared(referee_subscriptions, referrer_subscriptions, lambda s: s.organization_id):
+        return Ineligible.SAME_ORGANIZATION
+    if _shared(referee_subscriptions, referrer_subscriptions, lambda s: s.payment_fingerprint_hash):
+        return Ineligible.SHARED_PAYMENT_METHOD
+    if _shared(referee_subscriptions, referrer_subscriptions, _private_domain):
+        return Ineligible.SAME_EMAIL_DOMAIN
+    if not touch.first_time_client or any(i.paid_at < touch.created_at for i in referee_paid):
+        return Ineligible.EXISTING_CLIENT
+    if referrer_is_partner:
+        return Ineligible.PARTNER
+    return None
+
+
+def _private_domain(subscription: SubscriptionFact) -> str | None:
+    domain = subscription.email_domain
+    return None if domain is None or domain in PUBLIC_EMAIL_DOMAINS else domain
+
+
+def _shared(
+    ours: list[SubscriptionFact],
+    theirs: list[SubscriptionFact],
+    attribute: Callable[[SubscriptionFact], str | None],
+) -> bool:
+    mine = {value for s in ours if (value := attribute(s)) is not None}
+    return any(attribute(s) in mine for s in theirs)

@@ -1,0 +1,103 @@
+"""The edge: raw Kafka records -> validated billing events or dead letters.
+
+Pure (no I/O). Every record ends as exactly one :class:`Parsed` or one
+:class:`DeadLetter`, which is what makes the conservation invariant hold.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Protocol
+
+from pydantic import ValidationError
+
+from referral_events import (
+    INBOUND_EVENT_TYPES,
+    SUPPORTED_SCHEMA_VERSION,
+    DeadLetterReason,
+    InvoicePaid,
+    SubscriptionCancelled,
+    SubscriptionCreated,
+)
+
+BillingEvent = SubscriptionCreated | InvoicePaid | SubscriptionCancelled
+
+
+class Record(Protocol):
+    """What we read of a Kafka record (aiokafka's ConsumerRecord satisfies it)."""
+
+    @property
+    def topic(self) -> str: ...
+    @property
+    def partition(self) -> int: ...
+    @property
+    def offset(self) -> int: ...
+    @property
+    def key(self) -> bytes | None: ...
+    @property
+    def value(self) -> bytes | None: ...
+
+
+@dataclass(frozen=True)
+class Parsed:
+    record: Record
+    event: BillingEvent
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    record: Record
+    reason: DeadLetterReason
+    detail: str
+
+
+def parse_record(
+    record: Record, topic_types: Mapping[str, str], max_bytes: int
+) -> Parsed | DeadLetter:
+    """Validate one record against the model its topic carries."""
+    value = record.value or b""
+    if len(value) > max_bytes:
+        return DeadLetter(
+            record, DeadLetterReason.OVERSIZED, f"{len(value)} bytes > limit of {max_bytes}"
+        )
+    if b"\\u0000" in value:
+        return DeadLetter(
+            record, DeadLetterReason.INVALID, "contains a NUL character (\\u0000), not storable"
+        )
+    expected = topic_types[record.topic]
+    model = INBOUND_EVENT_TYPES[expected]
+    try:
+        return Parsed(record, model.model_validate_json(value))
+    except ValidationError as exc:
+        return DeadLetter(record, *_classify(exc, value, expected))
+
+
+def _classify(exc: ValidationError, value: bytes, expected: str) -> tuple[DeadLetterReason, str]:
+    errors = exc.errors(include_url=False, include_input=False)
+    if any(e["type"] in {"json_invalid", "json_type"} for e in errors):
+        return DeadLetterReason.UNPARSEABLE, f"not a JSON object: {errors[0]['msg']}"
+    try:
+        document = json.loads(value)
+    except ValueError:  # pragma: no cover - pydantic already parsed it
+        document = {}
+    if not isinstance(document, dict):
+        return DeadLetterReason.UNPARSEABLE, "the message is JSON but not an object"
+    version = document.get("schema_version")
+    if isinstance(version, int) and version > SUPPORTED_SCHEMA_VERSION:
+        return (
+            DeadLetterReason.UNSUPPORTED_SCHEMA_VERSION,
+            f"schema_version {version} > supported {SUPPORTED_SCHEMA_VERSION}",
+        )
+    actual = document.get("event_type")
+    if isinstance(actual, str) and actual != expected:
+        return (
+            DeadLetterReason.EVENT_TYPE_MISMATCH,
+            f"event_type {actual[:60]!r} on a topic that carries {expected!r}",
+        )
+    # Field paths and messages only: the offending values may be personal data.
+    detail = "; ".join(
+        f"{'.'.join(str(p) for p in e['loc']) or '(root)'}: {e['msg']}" for e in errors[:5]
+    )
+    return DeadLetterReason.INVALID, detail[:1000]

@@ -1,0 +1,164 @@
+"""The imperative shell around one batch: parse, write in one transaction, retry, measure."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+
+import asyncpg
+import structlog
+
+from referral_consumer.ingest import DeadLetter, Parsed, Record, parse_record
+from referral_consumer.metrics import ConsumerMetrics
+from referral_consumer.store import BatchResult, Outbound, apply_batch
+from referral_events import DeadLetterReason
+from referrals.db import TRANSIENT_DB_ERRORS
+
+log = structlog.get_logger(__name__)
+
+
+class ShuttingDown(Exception):
+    """The service is stopping while the batch waits for the database: nothing is committed."""
+
+
+class BatchProcessor:
+    """Turns a batch of records into committed effects; never returns before they are durable.
+
+    A database outage is retried with capped exponential backoff (the batch is
+    neither committed nor skipped). A batch the database rejects for a data
+    reason is split until the offending event is isolated and dead-lettered,
+    so one bad event cannot block its partition.
+    """
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        topic_types: dict[str, str],
+        out: Outbound,
+        metrics: ConsumerMetrics,
+        stopping: asyncio.Event,
+        *,
+        max_message_bytes: int,
+        randbits: Callable[[int], int] = secrets.randbits,
+        max_backoff: float = 10.0,
+    ) -> None:
+        self._pool = pool
+        self._topic_types = topic_types
+        self._out = out
+        self._metrics = metrics
+        self._stopping = stopping
+        self._max_bytes = max_message_bytes
+        self._randbits = randbits
+        self._max_backoff = max_backoff
+        self.db_healthy = True
+
+    async def process(self, records: Sequence[Record]) -> BatchResult:
+        """Apply ``records``; returns once the transaction committed."""
+        started = time.perf_counter()
+        parsed: list[Parsed] = []
+        dead: list[DeadLetter] = []
+        for record in records:
+            outcome = parse_record(record, self._topic_types, self._max_bytes)
+            (parsed if isinstance(outcome, Parsed) else dead).append(outcome)
+        result = await self._apply_with_retry(parsed, dead)
+        self._observe(result, len(records), time.perf_counter() - started)
+        return result
+
+    async def _apply_with_retry(self, parsed: list[Parsed], dead: list[DeadLetter]) -> BatchResult:
+        delay = 0.1
+        while True:
+            try:
+                result = await self._apply_isolating(parsed, dead)
+            except TRANSIENT_DB_ERRORS as exc:
+                self.db_healthy = False
+                self._metrics.ready.set(0)
+                self._metrics.db_retries.inc()
+                log.warning(
+                    "database_unavailable_retrying",
+                    error=type(exc).__name__,
+                    retry_in_s=round(delay, 2),
+                    batch=len(parsed) + len(dead),
+                )
+                try:
+                    await asyncio.wait_for(self._stopping.wait(), timeout=delay)
+                except TimeoutError:
+                    delay = min(delay * 2, self._max_backoff)
+                    continue
+                raise ShuttingDown from exc
+            if not self.db_healthy:
+                log.info("database_available_again")
+            self.db_healthy = True
+            self._metrics.ready.set(1)
+            return result
+
+    async def _apply_isolating(self, parsed: list[Parsed], dead: list[DeadLetter]) -> BatchResult:
+        try:
+            return await self._apply_once(parsed, dead)
+        except asyncpg.PostgresError as exc:
+            if isinstance(exc, TRANSIENT_DB_ERRORS):
+                raise
+            if len(parsed) <= 1:
+                # The database refuses this very event (a value it cannot store):
+                # it is bad input, so it is dead-lettered, never retried forever.
+                rejected = [
+                    DeadLetter(
+                        p.record,
+                        DeadLetterReason.INVALID,
+                        f"rejected by the database: {exc.sqlstate} {type(exc).__name__}",
+                    )
+                    for p in parsed
+                ]
+                log.error("event_rejected_by_database", sqlstate=exc.sqlstate, count=len(parsed))
+                return await self._apply_once([], dead + rejected)
+            half = len(parsed) // 2
+            first = await self._apply_isolating(parsed[:half], dead)
+            second = await self._apply_isolating(parsed[half:], [])
+            return _merge(first, second)
+
+    async def _apply_once(self, parsed: list[Parsed], dead: list[DeadLetter]) -> BatchResult:
+        async with self._pool.acquire() as conn, conn.transaction():
+            return await apply_batch(conn, parsed, dead, self._out, self._randbits)
+
+    def _observe(self, result: BatchResult, size: int, seconds: float) -> None:
+        m = self._metrics
+        m.batch_size.observe(size)
+        m.batch_duration.observe(seconds)
+        for (topic, event_type), n in result.applied.items():
+            m.events.labels(topic, event_type, "applied").inc(n)
+        for (topic, event_type), n in result.duplicates.items():
+            m.events.labels(topic, event_type, "duplicate").inc(n)
+        for (topic, reason), n in result.dead_lettered.items():
+            m.events.labels(topic, self._topic_types.get(topic, "unknown"), "dead_lettered").inc(n)
+            m.dead_letters.labels(topic, reason).inc(n)
+        for kind, n in result.unknown_codes.items():
+            m.unknown_codes.labels(kind).inc(n)
+        for (status, reason), n in result.attributions.items():
+            m.attributions.labels(status, reason).inc(n)
+        now = datetime.now(UTC)
+        for p in result.applied_events:
+            m.event_age.observe(max(0.0, (now - p.event.occurred_at).total_seconds()))
+        for d in result.dead_letters:
+            log.warning(
+                "message_dead_lettered",
+                reason=d.reason.value,
+                detail=d.detail,
+                topic=d.record.topic,
+                partition=d.record.partition,
+                offset=d.record.offset,
+            )
+
+
+def _merge(a: BatchResult, b: BatchResult) -> BatchResult:
+    a.applied.update(b.applied)
+    a.duplicates.update(b.duplicates)
+    a.dead_lettered.update(b.dead_lettered)
+    a.unknown_codes.update(b.unknown_codes)
+    a.attributions.update(b.attributions)
+    a.codes_assigned += b.codes_assigned
+    a.credits += b.credits
+    a.applied_events += b.applied_events
+    a.dead_letters += b.dead_letters
+    return a

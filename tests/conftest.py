@@ -1,0 +1,125 @@
+"""Shared fixtures: the embedded stack once per session, a database and topics per test."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from referrals import devstack
+from referrals.db import connect
+from referrals.settings import Settings, Topics
+
+os.environ.setdefault("XDG_RUNTIME_DIR", tempfile.mkdtemp(prefix="xdg-"))
+
+
+@dataclass
+class Stack:
+    server_uri: str
+    bootstrap: str
+    root: Path
+
+
+@pytest.fixture(scope="session")
+def stack() -> Iterator[Stack]:
+    """PostgreSQL and Tansu for the whole session (the same code as `referrals dev up`)."""
+    root = Path(tempfile.mkdtemp(prefix="referrals-test-"))
+    server_uri = devstack.start_postgres(root / "pgdata")
+    broker, bootstrap = devstack.start_broker(root / "broker.log")
+    try:
+        yield Stack(server_uri, bootstrap, root)
+    finally:
+        broker.terminate()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            broker.wait(5)
+        broker.kill()
+        devstack.stop_postgres(root / "pgdata")
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _slug(request: pytest.FixtureRequest) -> str:
+    digest = hashlib.sha1(request.node.nodeid.encode()).hexdigest()[:10]
+    return f"t{digest}"
+
+
+@pytest.fixture
+async def database_url(stack: Stack, request: pytest.FixtureRequest) -> AsyncIterator[str]:
+    """A fresh, migrated database for this test."""
+    name = _slug(request)
+    admin = await asyncpg.connect(stack.server_uri)
+    await admin.execute(f'drop database if exists "{name}" with (force)')
+    await admin.close()
+    url = await devstack.create_database(stack.server_uri, name)
+    yield url
+
+
+@pytest.fixture
+async def topics(stack: Stack, request: pytest.FixtureRequest) -> Topics:
+    """Topic names private to this test, created with 4 partitions."""
+    prefix = _slug(request) + "-" + os.urandom(3).hex()
+    names = Topics()
+    private = Topics(
+        **{field: f"{prefix}.{getattr(names, field)}" for field in Topics.model_fields}
+    )
+    await devstack.create_topics(stack.bootstrap, private.all, partitions=4)
+    return private
+
+
+@pytest.fixture
+def settings(
+    stack: Stack, database_url: str, topics: Topics, request: pytest.FixtureRequest
+) -> Settings:
+    return Settings(
+        kafka_bootstrap_servers=stack.bootstrap,
+        database_url=database_url,
+        consumer_group=f"{_slug(request)}-{os.urandom(3).hex()}",
+        topics=topics,
+        outbox_poll_ms=50,
+        consumer_batch_timeout_ms=50,
+        log_level="INFO",
+    )
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The environment a service subprocess needs to run with ``settings``."""
+    env = {
+        "KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
+        "DATABASE_URL": settings.database_url,
+        "CONSUMER_GROUP": settings.consumer_group,
+        "OUTBOX_POLL_MS": str(settings.outbox_poll_ms),
+        "CONSUMER_BATCH_TIMEOUT_MS": str(settings.consumer_batch_timeout_ms),
+        "PAYOUT_SETTLE_DAYS": str(settings.payout_settle_days),
+        "REFERRALS_ENV_FILE": "/nonexistent",
+    }
+    for field in Topics.model_fields:
+        env[f"TOPIC_{field.upper()}"] = getattr(settings.topics, field)
+    return env
+
+
+@pytest.fixture
+async def db(database_url: str) -> AsyncIterator[asyncpg.Connection]:
+    conn = await connect(database_url)
+    yield conn
+    await conn.close()
+
+
+async def wait_for(predicate, timeout: float = 30.0, interval: float = 0.05):  # type: ignore[no-untyped-def]
+    """Poll an async predicate until it returns a truthy value."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        value = await predicate()
+        if value:
+            return value
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {predicate.__name__}")
+        await asyncio.sleep(interval)

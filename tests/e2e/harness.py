@@ -1,0 +1,118 @@
+"""Running the real services against the embedded stack, in-process or as subprocesses."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+from referral_consumer.app import ConsumerService
+from referrals.settings import Settings
+from tests.conftest import settings_env
+
+
+@contextlib.asynccontextmanager
+async def running_consumer(settings: Settings) -> AsyncIterator[ConsumerService]:
+    """The consumer service in this event loop (same start/stop path as the ASGI app)."""
+    service = ConsumerService(settings)
+    await service.start_resources()
+    await service.broker.start()
+    await service.start_relay()
+    try:
+        yield service
+    finally:
+        await service.begin_shutdown()
+        await service.broker.stop()
+        await service.close_resources()
+
+
+@contextlib.asynccontextmanager
+async def producer(settings: Settings) -> AsyncIterator[AIOKafkaProducer]:
+    p = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers, acks="all")
+    await p.start()
+    try:
+        yield p
+    finally:
+        await p.stop()
+
+
+@dataclass
+class Received:
+    key: bytes | None
+    value: bytes
+    headers: dict[str, str]
+    partition: int
+    offset: int
+
+    def json(self) -> Any:
+        return json.loads(self.value)
+
+
+async def read_topic(
+    settings: Settings, topic: str, *, expect: int, timeout: float = 30
+) -> list[Received]:
+    """Everything on ``topic`` from the beginning, waiting until ``expect`` messages arrived
+    (and briefly after, so extra messages — duplicates — are seen too)."""
+    consumer = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=settings.kafka_bootstrap_servers,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        group_id=None,
+    )
+    await consumer.start()
+    out: list[Received] = []
+    try:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        quiet_until = None
+        while loop.time() < deadline:
+            batch = await consumer.getmany(timeout_ms=200)
+            for records in batch.values():
+                for r in records:
+                    out.append(
+                        Received(
+                            r.key,
+                            r.value or b"",
+                            {k: v.decode() for k, v in r.headers},
+                            r.partition,
+                            r.offset,
+                        )
+                    )
+            if len(out) >= expect:
+                quiet_until = quiet_until or loop.time() + 0.5
+                if loop.time() >= quiet_until:
+                    break
+    finally:
+        await consumer.stop()
+    return out
+
+
+def spawn(
+    command: list[str], settings: Settings, log: Path, **extra_env: str
+) -> subprocess.Popen[bytes]:
+    """Start a console script of this project as a real process."""
+    env = {**os.environ, **settings_env(settings), "HTTP_PORT": "0", **extra_env}
+    bindir = Path(sys.executable).parent
+    return subprocess.Popen(
+        [str(bindir / command[0]), *command[1:]],
+        env=env,
+        stdout=log.open("ab"),
+        stderr=subprocess.STDOUT,
+    )
+
+
+def terminate(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout: float = 15) -> int:
+    if proc.poll() is None:
+        proc.send_signal(sig)
+    return proc.wait(timeout)
