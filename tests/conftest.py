@@ -86,6 +86,7 @@ def settings(
         topics=topics,
         outbox_poll_ms=50,
         consumer_batch_timeout_ms=50,
+        consumer_session_timeout_ms=3000,
         log_level="INFO",
     )
 
@@ -98,6 +99,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
         "CONSUMER_GROUP": settings.consumer_group,
         "OUTBOX_POLL_MS": str(settings.outbox_poll_ms),
         "CONSUMER_BATCH_TIMEOUT_MS": str(settings.consumer_batch_timeout_ms),
+        "CONSUMER_SESSION_TIMEOUT_MS": str(settings.consumer_session_timeout_ms),
         "PAYOUT_SETTLE_DAYS": str(settings.payout_settle_days),
         "REFERRALS_ENV_FILE": "/nonexistent",
     }

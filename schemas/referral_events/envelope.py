@@ -2,12 +2,35 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+import re
+from datetime import datetime
+from typing import Annotated, Any, ClassVar
 from uuid import UUID
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
 SUPPORTED_SCHEMA_VERSION = 1
+
+_RFC3339 = re.compile(
+    r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})", re.ASCII
+)
+
+
+def rfc3339(value: object) -> object:
+    """Accept only an RFC 3339 string (or a datetime) for a business time.
+
+    Pydantic would otherwise also take a number, or a string of digits, as Unix
+    time: a wrong type on the wire, which SPEC §2 makes a bad event.
+    """
+    if isinstance(value, datetime):
+        return value
+    if isinstance(value, str) and _RFC3339.fullmatch(value):
+        return value
+    raise ValueError("must be an RFC 3339 date-time with an offset, e.g. 2027-01-17T15:04:05Z")
+
+
+#: Business time on the wire: RFC 3339 with an offset (``Z`` or ``±hh:mm``).
+BusinessTime = Annotated[AwareDatetime, BeforeValidator(rfc3339)]
 
 
 class UnsupportedSchemaVersion(ValueError):
@@ -24,8 +47,9 @@ class Envelope(BaseModel):
 
     event_id: UUID
     event_type: str
-    schema_version: int = Field(ge=1)
-    occurred_at: AwareDatetime = Field(description="Business time, RFC 3339 with an offset.")
+    # strict: a string or a float is a wrong type, not something to coerce.
+    schema_version: int = Field(ge=1, strict=True)
+    occurred_at: BusinessTime = Field(description="Business time, RFC 3339 with an offset.")
     data: Any
 
     @field_validator("schema_version")

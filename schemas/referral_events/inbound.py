@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, AwareDatetime, Field, StringConstraints, model_validator
+from pydantic import AfterValidator, Field, StringConstraints, model_validator
 
-from referral_events.envelope import Data, Envelope, nonblank
+from referral_events.envelope import BusinessTime, Data, Envelope, nonblank
 
 Identifier = Annotated[str, StringConstraints(max_length=200), AfterValidator(nonblank)]
 Currency = Annotated[str, StringConstraints(pattern=r"^[A-Z]{3}$")]
-Cents = Annotated[int, Field(ge=0, le=10**12)]
+# strict: money arrives as a JSON integer; "100" or 100.0 is a wrong type, not coerced.
+Cents = Annotated[int, Field(ge=0, le=10**12, strict=True)]
 
 
 class Customer(Data):
@@ -27,7 +28,7 @@ class SubscriptionCreatedData(Data):
     plan_family: Identifier
     plan_id: Identifier
     referral_code: Annotated[str, StringConstraints(max_length=64)] | None = None
-    first_time_client: bool = True
+    first_time_client: bool = Field(default=True, strict=True)
     currency: Currency
     customer: Customer = Customer()
 
@@ -44,7 +45,7 @@ class InvoicePaidData(Data):
 class SubscriptionCancelledData(Data):
     account_id: Identifier
     subscription_id: Identifier
-    effective_at: AwareDatetime | None = Field(
+    effective_at: BusinessTime | None = Field(
         default=None, description="When service ends; defaults to the event's occurred_at."
     )
     reason: Annotated[str, StringConstraints(max_length=500)] | None = None

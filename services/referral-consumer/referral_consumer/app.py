@@ -12,7 +12,7 @@ from typing import Any
 
 import asyncpg
 import structlog
-from aiokafka import ConsumerRebalanceListener, TopicPartition
+from aiokafka import AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaError
 from faststream import AckPolicy
 from faststream.asgi import AsgiFastStream, AsgiResponse, get
@@ -80,7 +80,7 @@ class ConsumerService:
         self.processor: BatchProcessor | None = None
         self.relay: OutboxRelay | None = None
         self._relay_task: asyncio.Task[None] | None = None
-        self._producer = make_producer(settings.kafka_bootstrap_servers, settings.kafka_security())
+        self._producer: AIOKafkaProducer | None = None
         self.subscribed = False
         self.broker = KafkaBroker(
             settings.kafka_bootstrap_servers,
@@ -99,6 +99,8 @@ class ConsumerService:
             ack_policy=AckPolicy.MANUAL,
             listener=_LagTracker(self.metrics),
             max_partition_fetch_bytes=4 * 1024 * 1024,
+            session_timeout_ms=settings.consumer_session_timeout_ms,
+            heartbeat_interval_ms=max(100, settings.consumer_session_timeout_ms // 3),
             parser=_tolerant_parser,
             decoder=_no_decode,
             title="on_billing_events",
@@ -158,6 +160,7 @@ class ConsumerService:
             self.stopping,
             max_message_bytes=s.max_message_bytes,
         )
+        self._producer = make_producer(s.kafka_bootstrap_servers, s.kafka_security())
         await self._producer.start()
         self.relay = OutboxRelay(
             self.pool,
@@ -187,7 +190,8 @@ class ConsumerService:
             # Publish what the last batches queued, so a clean stop leaves no backlog.
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.relay.drain(), timeout=5)
-        await self._producer.stop()
+        if self._producer is not None:
+            await self._producer.stop()
         if self.pool is not None:
             await self.pool.close()
         log.info("consumer_stopped")

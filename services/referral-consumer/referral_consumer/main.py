@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import uvicorn
-
 from referrals.logs import configure_logging
+from referrals.serve import serve
 from referrals.settings import load_settings
 
 
@@ -13,15 +12,7 @@ def main() -> None:
     configure_logging(settings.log_level, settings.log_format)
     from referral_consumer.app import create_app
 
-    uvicorn.run(
-        create_app(settings),
-        host="0.0.0.0",
-        port=settings.http_port,
-        lifespan="on",
-        log_config=None,
-        access_log=False,
-        timeout_graceful_shutdown=9,
-    )
+    serve(create_app(settings), settings.http_port)
 
 
 if __name__ == "__main__":

@@ -43,7 +43,7 @@ class ConsumerMetrics:
         self.batch_duration = Histogram(
             "referrals_consumer_batch_duration_seconds",
             "Time from batch received to its transaction committed",
-            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
             registry=registry,
         )
         self.event_age = Histogram(
