@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import inspect
 import os
 import shutil
 import subprocess
@@ -116,12 +117,15 @@ async def db(database_url: str) -> AsyncIterator[asyncpg.Connection]:
 
 
 async def wait_for(predicate, timeout: float = 30.0, interval: float = 0.05):  # type: ignore[no-untyped-def]
-    """Poll an async predicate until it returns a truthy value."""
+    """Poll a predicate (sync, async, or a lambda returning a coroutine) until it is truthy."""
     deadline = asyncio.get_running_loop().time() + timeout
+    name = getattr(predicate, "__name__", "predicate")
     while True:
-        value = await predicate()
+        value = predicate()
+        if inspect.isawaitable(value):
+            value = await value
         if value:
             return value
         if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {predicate.__name__}")
+            raise AssertionError(f"timed out after {timeout}s waiting for {name}")
         await asyncio.sleep(interval)

@@ -514,33 +514,39 @@ def test_missing_required_field_is_rejected(model: type[Envelope], loc: tuple[st
     assert "missing" in {e["type"] for e in caught.value.errors()}
 
 
+WRONG_TYPES: list[tuple[type[Envelope], tuple[str, ...], Any]] = [
+    (InvoicePaid, ("data", "amount_paid_cents"), "15900"),
+    (InvoicePaid, ("data", "amount_paid_cents"), 159.0),
+    (InvoicePaid, ("data", "amount_paid_cents"), 159.5),
+    (InvoicePaid, ("data", "amount_paid_cents"), True),
+    (InvoicePaid, ("data", "amount_paid_cents"), None),
+    (InvoicePaid, ("data", "amount_paid_cents"), -1),
+    (InvoicePaid, ("data", "discount_cents"), "10000"),
+    (InvoicePaid, ("data", "currency"), "usd"),
+    (InvoicePaid, ("data", "account_id"), 81),
+    (InvoicePaid, ("data", "invoice_id"), "   "),
+    (SubscriptionCreated, ("data", "first_time_client"), "false"),
+    (SubscriptionCreated, ("data", "first_time_client"), 0),
+    (SubscriptionCreated, ("data", "plan_family"), ["virtual_receptionist"]),
+    (SubscriptionCreated, ("data", "referral_code"), 73397),
+    (SubscriptionCreated, ("data", "customer"), "dana@harborlaw.com"),
+    (SubscriptionCancelled, ("data", "effective_at"), 1806047999),
+    (SubscriptionCancelled, ("data", "effective_at"), "2027-03-31"),
+    (InvoicePaid, ("schema_version",), "1"),
+    (InvoicePaid, ("schema_version",), 1.5),
+    (InvoicePaid, ("event_id",), "evt-123"),
+    (InvoicePaid, ("event_type",), "subscription.created"),
+    (InvoicePaid, ("occurred_at",), 1799939045),
+    (InvoicePaid, ("occurred_at",), "1799939045"),
+    (InvoicePaid, ("data",), []),
+]
+
+
 @pytest.mark.parametrize(
     ("model", "loc", "value"),
     [
-        (InvoicePaid, ("data", "amount_paid_cents"), "15900"),
-        (InvoicePaid, ("data", "amount_paid_cents"), 159.0),
-        (InvoicePaid, ("data", "amount_paid_cents"), 159.5),
-        (InvoicePaid, ("data", "amount_paid_cents"), True),
-        (InvoicePaid, ("data", "amount_paid_cents"), None),
-        (InvoicePaid, ("data", "amount_paid_cents"), -1),
-        (InvoicePaid, ("data", "discount_cents"), "10000"),
-        (InvoicePaid, ("data", "currency"), "usd"),
-        (InvoicePaid, ("data", "account_id"), 81),
-        (InvoicePaid, ("data", "invoice_id"), "   "),
-        (SubscriptionCreated, ("data", "first_time_client"), "false"),
-        (SubscriptionCreated, ("data", "first_time_client"), 0),
-        (SubscriptionCreated, ("data", "plan_family"), ["virtual_receptionist"]),
-        (SubscriptionCreated, ("data", "referral_code"), 73397),
-        (SubscriptionCreated, ("data", "customer"), "dana@harborlaw.com"),
-        (SubscriptionCancelled, ("data", "effective_at"), 1806047999),
-        (SubscriptionCancelled, ("data", "effective_at"), "2027-03-31"),
-        (InvoicePaid, ("schema_version",), "1"),
-        (InvoicePaid, ("schema_version",), 1.5),
-        (InvoicePaid, ("event_id",), "evt-123"),
-        (InvoicePaid, ("event_type",), "subscription.created"),
-        (InvoicePaid, ("occurred_at",), 1799939045),
-        (InvoicePaid, ("occurred_at",), "1799939045"),
-        (InvoicePaid, ("data",), []),
+        pytest.param(model, loc, value, id=f"{model.EVENT_TYPE}-{'.'.join(loc)}={value!r}")
+        for model, loc, value in WRONG_TYPES
     ],
 )
 def test_wrong_type_is_rejected(model: type[Envelope], loc: tuple[str, ...], value: Any) -> None:

@@ -1,0 +1,394 @@
+"""`referrals code|payee|partner|list|legacy`: support's commands (SPEC §5).
+
+Exit status: 0 done (what was done is printed), 2 wrong input (the message says
+how to fix it; nothing was changed), 1 the database could not be used.
+Changes are recorded in the audit log under ``--actor`` (default:
+``$REFERRALS_ACTOR``, else the OS user).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import json
+import os
+import secrets
+import sys
+from collections.abc import Awaitable, Callable
+from datetime import UTC, date, datetime, time
+from pathlib import Path
+
+import asyncpg
+
+from payout_scheduler import support
+from referral_consumer.core import codes
+from referrals.cli import REGISTRARS
+from referrals.db import connect
+from referrals.settings import Settings, load_settings
+
+Operation = Callable[[asyncpg.Connection, Settings], Awaitable[str]]
+
+_DB_UNAVAILABLE: tuple[type[BaseException], ...] = (
+    OSError,
+    asyncpg.exceptions.PostgresConnectionError,
+    asyncpg.exceptions.InterfaceError,
+    asyncpg.exceptions.CannotConnectNowError,
+    asyncpg.exceptions.InvalidCatalogNameError,
+    asyncpg.exceptions.InvalidAuthorizationSpecificationError,
+    asyncpg.exceptions.InvalidPasswordError,
+    TimeoutError,
+)
+
+
+def _default_actor() -> str | None:
+    if actor := os.environ.get("REFERRALS_ACTOR"):
+        return actor
+    try:
+        return getpass.getuser()
+    except (OSError, KeyError):  # no login name in some containers
+        return None
+
+
+def _error(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr)
+
+
+def _run(operation: Operation) -> int:
+    """Connect, run one operation, print its report; map failures to exit statuses."""
+    settings = load_settings()
+
+    async def run() -> str:
+        conn = await connect(settings.database_url)
+        try:
+            return await operation(conn, settings)
+        finally:
+            await conn.close()
+
+    try:
+        report = asyncio.run(run())
+    except support.SupportError as exc:
+        _error(str(exc))
+        return 2
+    except asyncpg.exceptions.UndefinedTableError:
+        _error("the database has no referral tables yet: run `referrals migrate` first")
+        return 1
+    except _DB_UNAVAILABLE as exc:
+        _error(f"can't use the database ({type(exc).__name__}: {exc}); check DATABASE_URL")
+        return 1
+    print(report)
+    return 0
+
+
+def _actor(args: argparse.Namespace) -> str:
+    return support.checked_actor(args.actor)
+
+
+def _guarded(command: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """Input checks that fail before the database is touched exit 2 as well."""
+
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return command(args)
+        except support.SupportError as exc:
+            _error(str(exc))
+            return 2
+
+    return run
+
+
+# --- commands --------------------------------------------------------------------------------
+
+
+def cmd_code_rotate(args: argparse.Namespace) -> int:
+    actor = _actor(args)
+
+    async def op(conn: asyncpg.Connection, settings: Settings) -> str:
+        done = await support.rotate_code(
+            conn,
+            args.account,
+            actor=actor,
+            out=support.outbound_for(settings),
+            randbits=secrets.randbits,
+        )
+        report = (
+            f"account {done.account_id}: new code {codes.display(done.code)} "
+            f"({codes.link(settings.referral_link_base, done.code)}), announced"
+        )
+        if done.replaces:
+            report += f"\n{codes.display(done.replaces)} is now an alias: it still attributes"
+        return report
+
+    return _run(op)
+
+
+def cmd_code_revoke(args: argparse.Namespace) -> int:
+    actor = _actor(args)
+
+    async def op(conn: asyncpg.Connection, settings: Settings) -> str:
+        done = await support.revoke_code(
+            conn,
+            args.code,
+            account_id=args.account,
+            actor=actor,
+            out=support.outbound_for(settings),
+            randbits=secrets.randbits,
+        )
+        report = (
+            f"code {codes.display(done.code)} of account {done.account_id} revoked "
+            f"(was {done.was}): it attributes nothing from now on"
+        )
+        if done.replacement:
+            report += (
+                f"\nnew active code {codes.display(done.replacement)} "
+                f"({codes.link(settings.referral_link_base, done.replacement)}), announced"
+            )
+        return report
+
+    return _run(op)
+
+
+def cmd_payee_set(args: argparse.Namespace) -> int:
+    actor = _actor(args)
+
+    async def op(conn: asyncpg.Connection, settings: Settings) -> str:
+        done = await support.set_payee(
+            conn, args.referrer, args.payee, referee_account_id=args.referee, actor=actor
+        )
+        was = f" (was {done.previous})" if done.previous else ""
+        if done.referee_account_id:
+            return (
+                f"payee of the referral of {done.referee_account_id} "
+                f"(referrer {done.referrer_account_id}) set to {done.payee}{was}"
+            )
+        return (
+            f"default payee of {done.referrer_account_id} set to {done.payee}{was}: "
+            f"{done.following} undecided referrals follow it, "
+            f"{done.own_payee} keep their own payee, "
+            f"{done.decided} already decided keep theirs"
+        )
+
+    return _run(op)
+
+
+def _cmd_partner(is_partner: bool) -> Callable[[argparse.Namespace], int]:
+    def command(args: argparse.Namespace) -> int:
+        actor = _actor(args)
+
+        async def op(conn: asyncpg.Connection, settings: Settings) -> str:
+            done = await support.set_partner(conn, args.account, is_partner, actor=actor)
+            state = "a partner" if is_partner else "not a partner"
+            if not done.changed:
+                return f"account {done.account_id} is already {state}; nothing changed"
+            return (
+                f"account {done.account_id} is now {state}: "
+                f"{done.referrals_changed} undecided referrals changed, "
+                f"{done.decided} decided ones unchanged"
+            )
+
+        return _run(op)
+
+    return command
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    async def op(conn: asyncpg.Connection, settings: Settings) -> str:
+        page = await support.referrals_page(conn, args.referrer, settings, datetime.now(UTC))
+        if args.format == "json":
+            return json.dumps(page.to_json(), indent=2)
+        return render_table(page)
+
+    return _run(op)
+
+
+def cmd_legacy_import(args: argparse.Namespace) -> int:
+    actor = _actor(args)
+    settings = load_settings()
+    path = Path(args.file)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise support.InvalidInput(f"{path}: no such file") from None
+    except OSError as exc:
+        raise support.InvalidInput(f"{path}: can't read it ({exc.strerror})") from None
+    try:
+        rows = support.parse_legacy_csv(support.decode_legacy_csv(data), settings.program_currency)
+    except support.LegacyImportError as exc:
+        raise support.LegacyImportError([f"{path}: {e}" for e in exc.errors]) from None
+    credit_from = (
+        datetime.combine(args.credit_from, time(0), tzinfo=settings.tz)
+        if args.credit_from
+        else None
+    )
+
+    async def op(conn: asyncpg.Connection, settings: Settings) -> str:
+        done = await support.import_legacy(
+            conn,
+            rows,
+            file=str(path),
+            actor=actor,
+            out=support.outbound_for(settings),
+            credit_from=credit_from,
+        )
+        return (
+            f"imported {done.file}: {done.rows} rows, {done.new} new, "
+            f"{done.already_imported} already imported; "
+            f"{done.credits} credits for invoices already paid"
+        )
+
+    return _run(op)
+
+
+# --- the referral table ----------------------------------------------------------------------
+
+
+def format_money(cents: int, currency: str) -> str:
+    """``100000, "USD"`` -> ``$1,000.00``; other currencies keep their code."""
+    amount = f"{cents // 100:,}.{cents % 100:02d}"
+    return f"${amount}" if currency == "USD" else f"{amount} {currency}"
+
+
+_TABLE_COLUMNS = (
+    "REFEREE",
+    "PLAN",
+    "STATUS",
+    "REASON",
+    "AMOUNT",
+    "CODE",
+    "REFERRED",
+    "FIRST PAID",
+    "ELIGIBLE ON",
+    "PAY BY",
+)
+
+
+def render_table(page: support.ReferralsPage) -> str:
+    """The referrals of one referrer as aligned columns (amounts right-aligned)."""
+    title = f"referrals of {page.account_id}"
+    if page.code:
+        title += f" (code {page.code}, {page.link})"
+    if not page.referrals:
+        return f"no referrals for {page.account_id}"
+    rows = [
+        (
+            r.referee_account_id,
+            r.plan_family or ",".join(r.plans) or "-",
+            r.status,
+            r.reason or "-",
+            format_money(r.amount_cents, r.currency),
+            r.referral_code,
+            r.referred_on.isoformat(),
+            _day(r.first_payment_on),
+            _day(r.eligible_on),
+            _day(r.pay_by),
+        )
+        for r in page.referrals
+    ]
+    widths = [max(len(row[i]) for row in [_TABLE_COLUMNS, *rows]) for i in range(len(rows[0]))]
+    amount = _TABLE_COLUMNS.index("AMOUNT")
+
+    def line(cells: tuple[str, ...]) -> str:
+        return "  ".join(
+            c.rjust(w) if i == amount else c.ljust(w)
+            for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+        ).rstrip()
+
+    by_status: dict[str, int] = {}
+    for r in page.referrals:
+        by_status[r.status] = by_status.get(r.status, 0) + 1
+    summary = ", ".join(f"{n} {status}" for status, n in sorted(by_status.items()))
+    return "\n".join(
+        [
+            title,
+            "",
+            line(_TABLE_COLUMNS),
+            *(line(r) for r in rows),
+            "",
+            f"{len(rows)} referrals: {summary}",
+        ]
+    )
+
+
+def _day(value: date | None) -> str:
+    return value.isoformat() if value else "-"
+
+
+# --- argument parsing ------------------------------------------------------------------------
+
+
+def _iso_date(text: str) -> date:
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a date like 2027-01-31") from None
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add support's sub-commands to the ``referrals`` parser."""
+    audited = argparse.ArgumentParser(add_help=False)
+    audited.add_argument(
+        "--actor",
+        default=_default_actor(),
+        help="who does this, for the audit log (default: $REFERRALS_ACTOR, else your user name)",
+    )
+
+    code = sub.add_parser("code", help="rotate or revoke an account's referral code")
+    code_sub = code.add_subparsers(dest="code_command", required=True)
+    rotate = code_sub.add_parser(
+        "rotate", parents=[audited], help="new code; the old one stays an alias"
+    )
+    rotate.add_argument("--account", required=True, help="the account whose code to rotate")
+    rotate.set_defaults(func=_guarded(cmd_code_rotate))
+    revoke = code_sub.add_parser(
+        "revoke", parents=[audited], help="the code attributes nothing from now on"
+    )
+    revoke.add_argument("--code", required=True, help="the code, e.g. ABCD-EFGH")
+    revoke.add_argument("--account", help="the owner, as a check against typos")
+    revoke.set_defaults(func=_guarded(cmd_code_revoke))
+
+    payee = sub.add_parser("payee", help="who receives a referrer's cash")
+    payee_sub = payee.add_subparsers(dest="payee_command", required=True)
+    payee_set = payee_sub.add_parser(
+        "set", parents=[audited], help="for one referral, or the referrer's default"
+    )
+    payee_set.add_argument("--referrer", required=True, help="the referring account")
+    payee_set.add_argument("--payee", required=True, help="who receives the cash")
+    payee_set.add_argument("--referee", help="only this referral (default: all undecided)")
+    payee_set.set_defaults(func=_guarded(cmd_payee_set))
+
+    partner = sub.add_parser("partner", help="partner accounts earn no cash")
+    partner_sub = partner.add_subparsers(dest="partner_command", required=True)
+    for name, is_partner, text in (
+        ("set", True, "make the account a partner"),
+        ("unset", False, "the account is no longer a partner"),
+    ):
+        command = partner_sub.add_parser(name, parents=[audited], help=text)
+        command.add_argument("--account", required=True)
+        command.set_defaults(func=_guarded(_cmd_partner(is_partner)))
+
+    listing = sub.add_parser("list", help="a referrer's referrals: status, reason, amount, dates")
+    listing.add_argument("--referrer", required=True, help="the referring account")
+    listing.add_argument("--format", choices=("table", "json"), default="table")
+    listing.set_defaults(func=_guarded(cmd_list))
+
+    legacy = sub.add_parser("legacy", help="the legacy monthly-credit program")
+    legacy_sub = legacy.add_subparsers(dest="legacy_command", required=True)
+    legacy_import = legacy_sub.add_parser(
+        "import",
+        parents=[audited],
+        help="import legacy referrals from CSV (all rows or none) and credit paid invoices",
+        description="CSV header: referrer_account_id,referee_account_id,monthly_credit_cents"
+        "[,currency]. Every row is checked first; one bad row imports nothing.",
+    )
+    legacy_import.add_argument("file", help="the CSV file (UTF-8)")
+    legacy_import.add_argument(
+        "--credit-from",
+        type=_iso_date,
+        metavar="YYYY-MM-DD",
+        help="credit only invoices already paid from this day on (program time zone); "
+        "default: every known paid invoice",
+    )
+    legacy_import.set_defaults(func=_guarded(cmd_legacy_import))
+
+
+REGISTRARS.append(register)
