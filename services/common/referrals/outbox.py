@@ -111,7 +111,7 @@ class OutboxRelay:
                 return 0
             await self._send(rows)
             await conn.execute(
-                "update outbox set published_at = now() where id = any($1::bigint[])",
+                "update outbox o set published_at = now() from unnest($1::bigint[]) as p(id) where o.id = p.id",
                 [r["id"] for r in rows],
             )
         for row in rows:

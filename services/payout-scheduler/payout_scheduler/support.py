@@ -21,6 +21,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import asyncpg
+import asyncpg.pool
 
 from payout_scheduler.core import calendar
 from payout_scheduler.core.decisions import REWARD_CENTS
@@ -117,9 +118,10 @@ def checked_account(account_id: str, what: str = "account") -> str:
 def parse_code(raw: str) -> str:
     """The stored form of a code typed by a person, or :class:`InvalidInput` saying why not."""
     try:
-        return codes.normalise(raw)
+        code: str = codes.normalise(raw)
     except codes.InvalidCode as exc:
         raise InvalidInput(f"{raw!r} is not a referral code: {exc}") from None
+    return code
 
 
 async def _audit(
@@ -318,9 +320,8 @@ async def set_payee(
     payee = checked_payee(payee)
     actor = checked_actor(actor)
     async with conn.transaction():
-        # Payout decisions take the same lock, so none is decided with the old payee while
-        # this transaction changes it.
-        await conn.execute("select pg_advisory_xact_lock($1)", REFERRAL_STATE_LOCK)
+        # Row locks keep this and a payout decision apart: the scheduler locks the referral
+        # row it decides (FOR UPDATE), and this locks the referrer's account row.
         account = await _lock_account(conn, referrer)
         if referee is None:
             counts = await conn.fetchrow(
@@ -349,10 +350,8 @@ async def set_payee(
             subject = referrer
         else:
             row = await conn.fetchrow(
-                """select r.referral_id, r.referrer_account_id, r.payee, p.as_of, p.outcome
-                   from referrals r left join payouts p using (referral_id)
-                   where r.referee_account_id = $1
-                   for update of r""",
+                """select referral_id, referrer_account_id, payee from referrals
+                   where referee_account_id = $1 for update""",
                 referee,
             )
             if row is None:
@@ -365,10 +364,15 @@ async def set_payee(
                     f"account {referee} was referred by {row['referrer_account_id']}, "
                     f"not by {referrer}"
                 )
-            if row["as_of"] is not None:
+            # A separate statement: after waiting for a deciding scheduler's lock, it sees
+            # the payout that transaction committed.
+            decided = await conn.fetchrow(
+                "select as_of, outcome from payouts where referral_id = $1", row["referral_id"]
+            )
+            if decided is not None:
                 raise PayoutAlreadyDecided(
-                    f"payout already decided on {row['as_of']:%Y-%m-%d} ({row['outcome']}); "
-                    "payee can't change"
+                    f"payout already decided on {decided['as_of']:%Y-%m-%d} "
+                    f"({decided['outcome']}); payee can't change"
                 )
             await conn.execute(
                 "update referrals set payee = $2, updated_at = now() where referral_id = $1",
@@ -520,7 +524,10 @@ order by r.attributed_at, r.referee_account_id
 
 
 async def referrals_page(
-    conn: asyncpg.Connection, account_id: str, settings: Settings, now: datetime
+    conn: asyncpg.Connection | asyncpg.pool.PoolConnectionProxy,
+    account_id: str,
+    settings: Settings,
+    now: datetime,
 ) -> ReferralsPage:
     """The referrals of ``account_id`` as of ``now``; :class:`UnknownAccount` if never seen."""
     account_id = checked_account(account_id)
@@ -755,7 +762,7 @@ class LegacyImported:
 _INSERT_LEGACY = """
 insert into legacy_referrals (referee_account_id, referrer_account_id, monthly_credit_cents,
     currency, imported_by)
-select r, e, c, cur, $5 from unnest($1::text[], $2::text[], $3::bigint[], $4::text[])
+select e, r, c, cur, $5 from unnest($1::text[], $2::text[], $3::bigint[], $4::text[])
     as t(e, r, c, cur)
 on conflict (referee_account_id) do nothing
 returning referee_account_id

@@ -54,9 +54,9 @@ def _error(message: str) -> None:
     print(f"error: {message}", file=sys.stderr)
 
 
-def _run(operation: Operation) -> int:
+def _run(operation: Operation, settings: Settings | None = None) -> int:
     """Connect, run one operation, print its report; map failures to exit statuses."""
-    settings = load_settings()
+    settings = settings or load_settings()
 
     async def run() -> str:
         conn = await connect(settings.database_url)
@@ -113,7 +113,7 @@ def cmd_code_rotate(args: argparse.Namespace) -> int:
         )
         report = (
             f"account {done.account_id}: new code {codes.display(done.code)} "
-            f"({codes.link(settings.referral_link_base, done.code)}), announced"
+            f"({codes.link(settings.referral_link_base, done.code)}), announcement queued"
         )
         if done.replaces:
             report += f"\n{codes.display(done.replaces)} is now an alias: it still attributes"
@@ -139,9 +139,9 @@ def cmd_code_revoke(args: argparse.Namespace) -> int:
             f"(was {done.was}): it attributes nothing from now on"
         )
         if done.replacement:
+            link = codes.link(settings.referral_link_base, done.replacement)
             report += (
-                f"\nnew active code {codes.display(done.replacement)} "
-                f"({codes.link(settings.referral_link_base, done.replacement)}), announced"
+                f"\nnew active code {codes.display(done.replacement)} ({link}), announcement queued"
             )
         return report
 
@@ -236,7 +236,7 @@ def cmd_legacy_import(args: argparse.Namespace) -> int:
             f"{done.credits} credits for invoices already paid"
         )
 
-    return _run(op)
+    return _run(op, settings)
 
 
 # --- the referral table ----------------------------------------------------------------------
@@ -256,9 +256,9 @@ _TABLE_COLUMNS = (
     "AMOUNT",
     "CODE",
     "REFERRED",
-    "FIRST PAID",
-    "ELIGIBLE ON",
-    "PAY BY",
+    "FIRST_PAID",
+    "ELIGIBLE_ON",
+    "PAY_BY",
 )
 
 

@@ -24,6 +24,7 @@ from referral_consumer.processor import BatchProcessor
 from referral_consumer.store import Outbound
 from referrals.db import create_pool
 from referrals.outbox import OutboxRelay, make_producer
+from referrals.read_api import ReadApi
 from referrals.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -200,6 +201,19 @@ class ConsumerService:
         return self.subscribed and self.processor is not None and self.processor.db_healthy
 
 
+class ConsumerAsgi(AsgiFastStream):
+    """AsgiFastStream routes exact paths only; the read API answers everything under /v1/."""
+
+    read_api: ReadApi | None = None
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        api = self.read_api
+        if scope["type"] == "http" and api is not None and api.handles(scope["path"]):
+            await api(scope, receive, send)
+            return
+        await super().__call__(scope, receive, send)
+
+
 def create_app(settings: Settings | None = None) -> AsgiFastStream:
     """The ASGI app: broker + /healthz, /readyz and /metrics."""
     from referrals.settings import load_settings
@@ -216,7 +230,7 @@ def create_app(settings: Settings | None = None) -> AsgiFastStream:
             return AsgiResponse(b"ready", status_code=200)
         return AsgiResponse(b"not ready", status_code=503)
 
-    app = AsgiFastStream(
+    app = ConsumerAsgi(
         service.broker,
         asgi_routes=[
             ("/healthz", healthz),
@@ -230,4 +244,5 @@ def create_app(settings: Settings | None = None) -> AsgiFastStream:
         logger=None,
     )
     app.service = service  # type: ignore[attr-defined]
+    app.read_api = ReadApi(lambda: service.pool, service.settings)
     return app

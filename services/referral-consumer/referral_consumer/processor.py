@@ -140,14 +140,6 @@ class BatchProcessor:
         now = datetime.now(UTC)
         for p in result.applied_events:
             m.event_age.observe(max(0.0, (now - p.event.occurred_at).total_seconds()))
-            log.debug(
-                "event_applied",
-                event_id=str(p.event.event_id),
-                event_type=p.event.event_type,
-                topic=p.record.topic,
-                partition=p.record.partition,
-                offset=p.record.offset,
-            )
         for d in result.dead_letters:
             log.warning(
                 "message_dead_lettered",

@@ -19,6 +19,7 @@ import asyncpg
 
 from referral_consumer.core import codes
 from referral_consumer.core.referral import (
+    PUBLIC_EMAIL_DOMAINS,
     InvoiceFact,
     Referral,
     SubscriptionFact,
@@ -94,8 +95,21 @@ async def apply_batch(
     new_invoices = await _insert_invoices(conn, paid)
     await _insert_cancellations(conn, cancelled)
     outbox += await _legacy_credits(conn, new_invoices, out, result)
-    referrers_changed = sorted({e.data.account_id for e in created})
-    await recompute_referrals(conn, accounts, referrers_changed, result)
+    touched = sorted(
+        {e.data.account_id for e in created} | await _payments_that_matter(conn, new_invoices)
+    )
+    # A referrer's new subscription changes its referees only through what the
+    # eligibility rules compare (organization, payment method, private domain).
+    referrers_changed = sorted(
+        {
+            e.data.account_id
+            for e in created
+            if e.data.customer.organization_id
+            or e.data.customer.payment_fingerprint
+            or _private_domain_of(e.data.customer.email)
+        }
+    )
+    await recompute_referrals(conn, touched, referrers_changed, result)
     outbox += await _dead_letters(conn, dead, out, result)
     await enqueue(conn, outbox)
     return result
@@ -196,7 +210,8 @@ async def _insert_subscriptions(
     known: dict[str, tuple[str, str]] = {}
     if wanted:
         for row in await conn.fetch(
-            "select code, account_id, status from referral_codes where code = any($1::text[])",
+            """select c.code, c.account_id, c.status
+               from unnest($1::text[]) as w(code) join referral_codes c using (code)""",
             wanted,
         ):
             known[row["code"]] = (row["account_id"], row["status"])
@@ -259,7 +274,7 @@ async def _insert_invoices(
            select * from unnest($1::text[], $2::text[], $3::text[], $4::uuid[],
                $5::timestamptz[], $6::bigint[], $7::bigint[], $8::text[])
            on conflict do nothing
-           returning invoice_id, account_id, amount_paid_cents""",
+           returning invoice_id, account_id, amount_paid_cents, paid_at""",
         [e.data.invoice_id for e in paid],
         [e.data.account_id for e in paid],
         [e.data.subscription_id for e in paid],
@@ -333,13 +348,62 @@ def credit_earned_message(topic: str, row: asyncpg.Record) -> OutboxMessage:
     )
 
 
+async def _payments_that_matter(
+    conn: asyncpg.Connection, new_invoices: list[asyncpg.Record]
+) -> set[str]:
+    """Referees whose state a new paid invoice can change.
+
+    Cancellations and $0 invoices never change a referral. A paid invoice
+    matters only if it could be an earlier first payment (or a tie broken by
+    id), or a payment before the attribution (existing client); any later
+    invoice leaves ``referral_state`` as it was, so recomputing is skipped.
+    """
+    paid = [r for r in new_invoices if r["amount_paid_cents"] > 0]
+    if not paid:
+        return set()
+    current = {
+        r["referee_account_id"]: r
+        for r in await conn.fetch(
+            """select r.referee_account_id, r.attributed_at, r.first_payment_at
+               from unnest($1::text[]) as w(referee_account_id)
+               join referrals r using (referee_account_id)""",
+            sorted({r["account_id"] for r in paid}),
+        )
+    }
+    matter = set()
+    for invoice in paid:
+        referral = current.get(invoice["account_id"])
+        if referral is None:
+            continue  # not referred (yet): its subscription.created will recompute
+        first = referral["first_payment_at"]
+        if (
+            first is None
+            or invoice["paid_at"] <= first
+            or invoice["paid_at"] < referral["attributed_at"]
+        ):
+            matter.add(invoice["account_id"])
+    return matter
+
+
+def _private_domain_of(email: str | None) -> bool:
+    domain = email_domain(email)
+    return domain is not None and domain not in PUBLIC_EMAIL_DOMAINS
+
+
+# Joins on unnest() rather than `= any(array)`: with thousands of ids per batch
+# the planner otherwise scans the table comparing each row with the whole array.
 _SUBSCRIPTION_FACTS = """
-select subscription_id, account_id, created_at, plan_family, currency, first_time_client,
-       referral_code, referrer_account_id, email_domain, organization_id, payment_fingerprint_hash
-from subscriptions
-where account_id = any($1::text[])
-   or account_id in (select referrer_account_id from subscriptions
-                     where account_id = any($1::text[]) and referrer_account_id is not null)
+with referee as (select distinct unnest($1::text[]) as account_id),
+wanted as (
+    select account_id from referee
+    union
+    select s.referrer_account_id from referee join subscriptions s using (account_id)
+    where s.referrer_account_id is not null
+)
+select s.subscription_id, s.account_id, s.created_at, s.plan_family, s.currency,
+       s.first_time_client, s.referral_code, s.referrer_account_id, s.email_domain,
+       s.organization_id, s.payment_fingerprint_hash
+from wanted join subscriptions s using (account_id)
 """
 
 _UPSERT_REFERRALS = """
@@ -386,9 +450,12 @@ async def recompute_referrals(
     referees = [
         r["account_id"]
         for r in await conn.fetch(
-            """select distinct account_id from subscriptions
-               where referrer_account_id is not null
-                 and (account_id = any($1::text[]) or referrer_account_id = any($2::text[]))""",
+            """select s.account_id from unnest($1::text[]) as t(account_id)
+               join subscriptions s using (account_id)
+               where s.referrer_account_id is not null
+               union
+               select s.account_id from unnest($2::text[]) as c(referrer_account_id)
+               join subscriptions s using (referrer_account_id)""",
             list(touched),
             list(referrers_changed),
         )
@@ -401,7 +468,8 @@ async def recompute_referrals(
     invoices: defaultdict[str, list[InvoiceFact]] = defaultdict(list)
     for row in await conn.fetch(
         """select invoice_id, account_id, subscription_id, paid_at, amount_paid_cents
-           from invoices where account_id = any($1::text[]) and amount_paid_cents > 0""",
+           from unnest($1::text[]) as w(account_id) join invoices i using (account_id)
+           where i.amount_paid_cents > 0""",
         referees,
     ):
         invoices[row["account_id"]].append(InvoiceFact(**row))
@@ -413,7 +481,8 @@ async def recompute_referrals(
     partners = {
         r["account_id"]
         for r in await conn.fetch(
-            "select account_id from accounts where is_partner and account_id = any($1::text[])",
+            """select a.account_id from unnest($1::text[]) as w(account_id)
+               join accounts a using (account_id) where a.is_partner""",
             sorted({t.referrer_account_id for t in touches.values() if t.referrer_account_id}),
         )
     }

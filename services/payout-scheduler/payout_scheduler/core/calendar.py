@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from datetime import UTC, date, datetime, time
 from zoneinfo import ZoneInfo
 
@@ -34,6 +35,7 @@ def eligible_on(first_payment_at: datetime, tz: ZoneInfo) -> date:
     return date(months // 12, months % 12 + 1, 1)
 
 
+@functools.lru_cache(maxsize=512)
 def eligibility_instant(eligible_on: date, tz: ZoneInfo) -> datetime:
     """The first instant of ``eligible_on`` in ``tz``, tz-aware: when "still active" is judged.
 
@@ -45,6 +47,7 @@ def eligibility_instant(eligible_on: date, tz: ZoneInfo) -> datetime:
     return local_midnight.astimezone(UTC).astimezone(tz)
 
 
+@functools.lru_cache(maxsize=512)
 def pay_by(eligible_on: date) -> date:
     """The 15th business day of the month that starts on ``eligible_on`` (itself counted)."""
     return nth_business_day(eligible_on, PAY_BY_BUSINESS_DAY)

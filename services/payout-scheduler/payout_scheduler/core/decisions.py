@@ -31,14 +31,29 @@ PARTNER_INELIGIBLE = "partner_ineligible"
 
 
 @dataclass(frozen=True)
+class Cancellation:
+    """One ``subscription.cancelled`` fact: when it was recorded and when service ends."""
+
+    cancelled_at: datetime  # business time the cancellation event occurred
+    effective_at: datetime  # when service ends
+
+
+@dataclass(frozen=True)
 class SubscriptionSpan:
-    """One referee subscription as the decision sees it; all datetimes tz-aware business time."""
+    """One referee subscription as the decision sees it; all datetimes tz-aware business time.
+
+    A subscription may carry several cancellations (billing can re-send one with
+    another ``effective_at``): ``cancelled_at``/``effective_at`` hold one of them
+    and ``cancellations`` any others, in any order. Of those recorded before the
+    eligibility instant, the earliest ``effective_at`` decides.
+    """
 
     subscription_id: str
     plan_family: str
     created_at: datetime
     cancelled_at: datetime | None  # business time the cancellation event occurred
     effective_at: datetime | None  # when service ends
+    cancellations: tuple[Cancellation, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -78,6 +93,22 @@ class Decision:
 def payout_id_for(referral_id: UUID) -> UUID:
     """The payout id of a referral: the same on every run, replica and redelivery."""
     return uuid.uuid5(PAYOUT_NAMESPACE, f"payout:{referral_id}")
+
+
+def decidable_before(as_of: date, tz: ZoneInfo, settle_days: int = 1) -> datetime:
+    """The instant such that a first payment strictly before it is decidable on ``as_of``.
+
+    The inverse of :func:`decide`'s wait: ``decide`` returns a decision exactly
+    when ``first_payment_at < decidable_before(as_of, tz, settle_days)``. It is
+    the start, in ``tz``, of the month two months before the month of
+    ``as_of - settle_days`` (2027-04-02, settle 1 → 2027-02-01T00:00 in ``tz``), so
+    a store can select the decidable referrals without deciding the others.
+    """
+    if settle_days < 0:
+        raise ValueError(f"settle_days must be >= 0, got {settle_days}")
+    latest = as_of - timedelta(days=settle_days)
+    months = latest.year * 12 + (latest.month - 1) - (calendar.MONTHS_UNTIL_ELIGIBLE - 1)
+    return calendar.eligibility_instant(date(months // 12, months % 12 + 1, 1), tz)
 
 
 def decide(
@@ -144,9 +175,18 @@ def _outcome(facts: ReferralFacts, eligible_at: datetime) -> tuple[str, str | No
 
 def _active_at(span: SubscriptionSpan, instant: datetime) -> bool:
     """Still in service at ``instant``, judged only on what was known before it."""
-    if span.effective_at is None:
-        return True
-    if span.cancelled_at is not None and span.cancelled_at >= instant:
+    if _ended_by(span.cancelled_at, span.effective_at, instant):
+        return False
+    return not any(_ended_by(c.cancelled_at, c.effective_at, instant) for c in span.cancellations)
+
+
+def _ended_by(
+    cancelled_at: datetime | None, effective_at: datetime | None, instant: datetime
+) -> bool:
+    """A cancellation known before ``instant`` that ends service at or before it."""
+    if effective_at is None:
+        return False
+    if cancelled_at is not None and cancelled_at >= instant:
         # Cancelled on or after the eligibility instant: a later fact, ignored (SPEC §3.6).
-        return True
-    return span.effective_at > instant
+        return False
+    return effective_at <= instant
