@@ -13,13 +13,13 @@ from typing import Any
 import asyncpg
 import structlog
 from aiokafka import AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import CommitFailedError, KafkaError
 from faststream import AckPolicy
 from faststream.asgi import AsgiFastStream, AsgiResponse, get
 from faststream.kafka import KafkaBroker, KafkaMessage
 from prometheus_client import CollectorRegistry, make_asgi_app
 
 from referral_consumer.metrics import ConsumerMetrics
+from referral_consumer.pipeline import BatchPipeline
 from referral_consumer.processor import BatchProcessor
 from referral_consumer.store import Outbound
 from referrals.db import create_pool
@@ -30,15 +30,18 @@ from referrals.settings import Settings
 log = structlog.get_logger(__name__)
 
 
-class _LagTracker(ConsumerRebalanceListener):  # type: ignore[misc]
-    """Keeps the per-partition lag gauge to the partitions this member owns."""
+class _Rebalances(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Finishes the batch in flight before partitions move; keeps lag gauges to owned ones."""
 
-    def __init__(self, metrics: ConsumerMetrics) -> None:
-        self._metrics = metrics
+    def __init__(self, service: ConsumerService) -> None:
+        self._service = service
+        self._metrics = service.metrics
 
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
-        # The batch in hand finishes before the next poll (where this runs), so
-        # nothing is half-applied here; its commit may fail and be redelivered.
+        # Commit the in-flight batch while this member still owns its partitions.
+        if self._service.pipeline is not None:
+            await self._service.pipeline.drain()
+            self._service.pipeline.resume()
         self._metrics.rebalances.inc()
         for tp in revoked:
             with contextlib.suppress(KeyError):
@@ -79,6 +82,7 @@ class ConsumerService:
         self.stopping = asyncio.Event()
         self.pool: asyncpg.Pool | None = None
         self.processor: BatchProcessor | None = None
+        self.pipeline: BatchPipeline | None = None
         self.relay: OutboxRelay | None = None
         self._relay_task: asyncio.Task[None] | None = None
         self._producer: AIOKafkaProducer | None = None
@@ -98,7 +102,7 @@ class ConsumerService:
             group_id=settings.consumer_group,
             auto_offset_reset="earliest",
             ack_policy=AckPolicy.MANUAL,
-            listener=_LagTracker(self.metrics),
+            listener=_Rebalances(self),
             max_partition_fetch_bytes=4 * 1024 * 1024,
             session_timeout_ms=settings.consumer_session_timeout_ms,
             heartbeat_interval_ms=max(100, settings.consumer_session_timeout_ms // 3),
@@ -108,41 +112,11 @@ class ConsumerService:
         )(self.on_billing_events)
 
     async def on_billing_events(self, msg: KafkaMessage) -> None:
-        """Apply one batch, then commit the offsets it covers (at least once, effects once)."""
-        assert self.processor is not None
+        """Hand the batch to the pipeline: it commits offsets after the effects are durable."""
+        assert self.pipeline is not None
         records = msg.raw_message
-        if not isinstance(records, tuple) or not records:
-            return
-        result = await self.processor.process(records)
-        try:
-            await msg.ack()
-        except (CommitFailedError, KafkaError) as exc:
-            # The effects are durable; the redelivered records will be duplicates.
-            self.metrics.commit_failures.inc()
-            log.warning("offset_commit_failed", error=type(exc).__name__)
-        await self._update_lag(msg)
-        log.debug(
-            "batch_committed",
-            size=len(records),
-            applied=sum(result.applied.values()),
-            duplicates=sum(result.duplicates.values()),
-            dead_lettered=sum(result.dead_lettered.values()),
-            first_offset=records[0].offset,
-            topic=records[0].topic,
-            partition=records[0].partition,
-        )
-
-    async def _update_lag(self, msg: KafkaMessage) -> None:
-        consumer = getattr(msg, "consumer", None)
-        if consumer is None or not hasattr(consumer, "assignment"):
-            return
-        for tp in consumer.assignment():
-            high = consumer.highwater(tp)
-            if high is None:
-                continue
-            with contextlib.suppress(Exception):
-                position = await consumer.position(tp)
-                self.metrics.lag.labels(tp.topic, str(tp.partition)).set(max(0, high - position))
+        if isinstance(records, tuple) and records:
+            await self.pipeline.submit(records, msg.consumer)
 
     async def start_resources(self) -> None:
         s = self.settings
@@ -170,6 +144,7 @@ class ConsumerService:
             batch=s.outbox_batch,
             poll_seconds=s.outbox_poll_ms / 1000,
         )
+        self.pipeline = BatchPipeline(self.processor, self.metrics, overlap=s.consumer_overlap)
         self.metrics.ready.set(1)
 
     async def start_relay(self) -> None:
@@ -179,9 +154,18 @@ class ConsumerService:
         log.info("consumer_started", topics=list(self.settings.topics.billing))
 
     async def begin_shutdown(self) -> None:
+        """Finish the batch in flight (its commit included) before the broker stops."""
         self.metrics.ready.set(0)
         self.subscribed = False
+        if self.pipeline is not None:
+            try:
+                await asyncio.wait_for(self.pipeline.drain(), timeout=6)
+            except TimeoutError:
+                log.warning("shutdown_abandoning_batch_in_flight")
+        # Aborts database retries; an unfinished batch is simply not committed.
         self.stopping.set()
+        if self.pipeline is not None:
+            await self.pipeline.drain()
 
     async def close_resources(self) -> None:
         if self._relay_task is not None:

@@ -6,6 +6,7 @@ import asyncio
 import secrets
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import asyncpg
@@ -22,6 +23,16 @@ log = structlog.get_logger(__name__)
 
 class ShuttingDown(Exception):
     """The service is stopping while the batch waits for the database: nothing is committed."""
+
+
+@dataclass
+class ParsedBatch:
+    """A batch after validation, before its transaction."""
+
+    records: Sequence[Record]
+    started: float
+    parsed: list[Parsed] = field(default_factory=list)
+    dead: list[DeadLetter] = field(default_factory=list)
 
 
 class BatchProcessor:
@@ -55,17 +66,26 @@ class BatchProcessor:
         self._max_backoff = max_backoff
         self.db_healthy = True
 
-    async def process(self, records: Sequence[Record]) -> BatchResult:
-        """Apply ``records``; returns once the transaction committed."""
-        started = time.perf_counter()
-        parsed: list[Parsed] = []
-        dead: list[DeadLetter] = []
+    def parse(self, records: Sequence[Record]) -> ParsedBatch:
+        """Validate every record (pure CPU work, no I/O)."""
+        batch = ParsedBatch(records, time.perf_counter())
         for record in records:
             outcome = parse_record(record, self._topic_types, self._max_bytes)
-            (parsed if isinstance(outcome, Parsed) else dead).append(outcome)
-        result = await self._apply_with_retry(parsed, dead)
-        self._observe(result, len(records), time.perf_counter() - started)
+            if isinstance(outcome, Parsed):
+                batch.parsed.append(outcome)
+            else:
+                batch.dead.append(outcome)
+        return batch
+
+    async def apply(self, batch: ParsedBatch) -> BatchResult:
+        """Write a parsed batch; returns once its transaction committed."""
+        result = await self._apply_with_retry(batch.parsed, batch.dead)
+        self._observe(result, len(batch.records), time.perf_counter() - batch.started)
         return result
+
+    async def process(self, records: Sequence[Record]) -> BatchResult:
+        """Parse and apply ``records``; returns once the transaction committed."""
+        return await self.apply(self.parse(records))
 
     async def _apply_with_retry(self, parsed: list[Parsed], dead: list[DeadLetter]) -> BatchResult:
         delay = 0.1

@@ -1,0 +1,130 @@
+"""At most one batch in flight: the next batch is fetched and validated while the
+previous one is written, and offsets are committed strictly in batch order.
+
+The invariants:
+- a batch's offsets are committed (explicitly, per partition) only after its
+  transaction committed;
+- batch N+1 starts its transaction only after batch N's committed, so
+  recomputations see every earlier fact;
+- if a batch fails, the consumer seeks back to the first offset of every
+  partition the failed and the current batch touched, so no later commit can
+  move past unapplied records (a plain ``commit()`` of the consumer's position
+  would: see KAFKA-NOTES, ag2ai/faststream#2618).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+from aiokafka import TopicPartition
+from aiokafka.errors import CommitFailedError, KafkaError
+
+from referral_consumer.ingest import Record
+from referral_consumer.metrics import ConsumerMetrics
+from referral_consumer.processor import BatchProcessor, ParsedBatch, ShuttingDown
+
+log = structlog.get_logger(__name__)
+
+
+def next_offsets(records: Sequence[Record]) -> dict[TopicPartition, int]:
+    """The offsets to commit after ``records``: last offset + 1 per partition."""
+    offsets: dict[TopicPartition, int] = {}
+    for r in records:
+        tp = TopicPartition(r.topic, r.partition)
+        offsets[tp] = max(offsets.get(tp, 0), r.offset + 1)
+    return offsets
+
+
+def first_offsets(records: Sequence[Record]) -> dict[TopicPartition, int]:
+    """Where to seek back to so that every one of ``records`` is fetched again."""
+    offsets: dict[TopicPartition, int] = {}
+    for r in records:
+        tp = TopicPartition(r.topic, r.partition)
+        offsets[tp] = min(offsets.get(tp, r.offset), r.offset)
+    return offsets
+
+
+@dataclass
+class _InFlight:
+    task: asyncio.Task[None]
+    records: Sequence[Record]
+    consumer: Any
+
+
+class BatchPipeline:
+    """Runs each batch's transaction and offset commit, overlapping with the next fetch."""
+
+    def __init__(
+        self, processor: BatchProcessor, metrics: ConsumerMetrics, *, overlap: bool = True
+    ) -> None:
+        self._processor = processor
+        self._metrics = metrics
+        self._overlap = overlap
+        self._inflight: _InFlight | None = None
+        self._draining = False
+
+    async def submit(self, records: Sequence[Record], consumer: Any) -> None:
+        """Hand over a fetched batch. Returns once it is in flight (or done, when draining)."""
+        batch = self._processor.parse(records)
+        if not await self.settle():
+            # The previous batch failed and its partitions were rewound; this batch
+            # comes after it, so it is fetched again too.
+            self._rewind(consumer, records)
+            return
+        task = asyncio.create_task(self._write_and_commit(batch, consumer))
+        self._inflight = _InFlight(task, records, consumer)
+        if self._draining or not self._overlap:
+            await self.settle()
+
+    async def settle(self) -> bool:
+        """Wait for the batch in flight; False if it failed (its partitions are rewound)."""
+        inflight, self._inflight = self._inflight, None
+        if inflight is None:
+            return True
+        try:
+            await inflight.task
+            return True
+        except ShuttingDown:
+            return False  # nothing committed; the next owner reads from the last commit
+        except Exception as exc:
+            log.error("batch_failed_will_retry", error=type(exc).__name__, exc_info=True)
+            self._rewind(inflight.consumer, inflight.records)
+            return False
+
+    async def drain(self) -> None:
+        """Stop overlapping and finish what is in flight (shutdown, rebalance)."""
+        self._draining = True
+        await self.settle()
+
+    def resume(self) -> None:
+        self._draining = False
+
+    async def _write_and_commit(self, batch: ParsedBatch, consumer: Any) -> None:
+        await self._processor.apply(batch)
+        try:
+            await consumer.commit(next_offsets(batch.records))
+        except (CommitFailedError, KafkaError) as exc:
+            # The effects are durable; the next owner re-reads these records as duplicates.
+            self._metrics.commit_failures.inc()
+            log.warning("offset_commit_failed", error=type(exc).__name__)
+        await self._update_lag(consumer)
+
+    def _rewind(self, consumer: Any, records: Sequence[Record]) -> None:
+        assigned = consumer.assignment()
+        for tp, offset in first_offsets(records).items():
+            if tp in assigned:
+                consumer.seek(tp, offset)
+
+    async def _update_lag(self, consumer: Any) -> None:
+        for tp in consumer.assignment():
+            high = consumer.highwater(tp)
+            if high is None:
+                continue
+            with contextlib.suppress(Exception):
+                position = await consumer.position(tp)
+                self._metrics.lag.labels(tp.topic, str(tp.partition)).set(max(0, high - position))
