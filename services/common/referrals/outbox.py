@@ -21,7 +21,7 @@ import structlog
 from aiokafka import AIOKafkaProducer
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from referrals.db import TRANSIENT_DB_ERRORS
+from referrals.db import Conn
 
 log = structlog.get_logger(__name__)
 
@@ -42,7 +42,7 @@ select * from unnest($1::text[], $2::bytea[], $3::bytea[], $4::jsonb[])
 """
 
 
-async def enqueue(conn: asyncpg.Connection, messages: Sequence[OutboxMessage]) -> None:
+async def enqueue(conn: Conn, messages: Sequence[OutboxMessage]) -> None:
     """Add messages to the outbox in the caller's transaction (one statement)."""
     if not messages:
         return
@@ -168,7 +168,7 @@ class OutboxRelay:
                 published = await self.publish_pending()
                 await self.refresh_backlog()
                 delay = self._poll
-            except (*TRANSIENT_DB_ERRORS, Exception) as exc:
+            except Exception as exc:  # database or broker outage: back off, keep relaying
                 log.warning("outbox_relay_failed", error=type(exc).__name__, detail=str(exc)[:200])
                 published = 0
                 delay = min(delay * 2, 10.0)

@@ -8,7 +8,7 @@ from typing import Any
 import uvicorn
 
 
-def serve(app: Any, port: int, *, graceful_seconds: float = 9.0) -> None:
+def serve(app: Any, port: int, *, graceful_seconds: int = 9) -> None:
     """Run ``app`` until SIGTERM/SIGINT; lifespan shutdown finishes in-flight work first.
 
     uvicorn re-raises the signal it caught once shutdown is complete; a no-op

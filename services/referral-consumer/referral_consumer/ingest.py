@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, TypeAlias
 
 from pydantic import ValidationError
 
@@ -22,7 +22,7 @@ from referral_events import (
     SubscriptionCreated,
 )
 
-BillingEvent = SubscriptionCreated | InvoicePaid | SubscriptionCancelled
+BillingEvent: TypeAlias = SubscriptionCreated | InvoicePaid | SubscriptionCancelled
 
 
 class Record(Protocol):

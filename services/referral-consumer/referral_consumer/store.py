@@ -38,6 +38,7 @@ from referral_events import (
     SubscriptionCancelled,
     SubscriptionCreated,
 )
+from referrals.db import Conn
 from referrals.outbox import OutboxMessage, enqueue
 
 #: Serialises batch transactions (and support operations that recompute referrals).
@@ -72,7 +73,7 @@ class BatchResult:
 
 
 async def apply_batch(
-    conn: asyncpg.Connection,
+    conn: Conn,
     parsed: Sequence[Parsed],
     dead: Sequence[DeadLetter],
     out: Outbound,
@@ -115,9 +116,7 @@ async def apply_batch(
     return result
 
 
-async def _claim_inbox(
-    conn: asyncpg.Connection, parsed: Sequence[Parsed], result: BatchResult
-) -> list[Parsed]:
+async def _claim_inbox(conn: Conn, parsed: Sequence[Parsed], result: BatchResult) -> list[Parsed]:
     unique: dict[uuid.UUID, Parsed] = {}
     for p in parsed:
         if p.event.event_id in unique:
@@ -151,7 +150,7 @@ async def _claim_inbox(
 
 
 async def _assign_codes(
-    conn: asyncpg.Connection,
+    conn: Conn,
     accounts: list[str],
     out: Outbound,
     randbits: Callable[[int], int],
@@ -201,7 +200,7 @@ def code_assigned_message(
 
 
 async def _insert_subscriptions(
-    conn: asyncpg.Connection, created: list[SubscriptionCreated], result: BatchResult
+    conn: Conn, created: list[SubscriptionCreated], result: BatchResult
 ) -> None:
     if not created:
         return
@@ -263,9 +262,7 @@ async def _insert_subscriptions(
     )
 
 
-async def _insert_invoices(
-    conn: asyncpg.Connection, paid: list[InvoicePaid]
-) -> list[asyncpg.Record]:
+async def _insert_invoices(conn: Conn, paid: list[InvoicePaid]) -> list[asyncpg.Record]:
     if not paid:
         return []
     return await conn.fetch(
@@ -286,9 +283,7 @@ async def _insert_invoices(
     )
 
 
-async def _insert_cancellations(
-    conn: asyncpg.Connection, cancelled: list[SubscriptionCancelled]
-) -> None:
+async def _insert_cancellations(conn: Conn, cancelled: list[SubscriptionCancelled]) -> None:
     if not cancelled:
         return
     await conn.execute(
@@ -317,7 +312,7 @@ returning invoice_id, referee_account_id, referrer_account_id, amount_cents, cur
 
 
 async def _legacy_credits(
-    conn: asyncpg.Connection, invoices: list[asyncpg.Record], out: Outbound, result: BatchResult
+    conn: Conn, invoices: list[asyncpg.Record], out: Outbound, result: BatchResult
 ) -> list[OutboxMessage]:
     """Legacy program: one ``referral.credit.earned`` per paid referee invoice."""
     positive = [r for r in invoices if r["amount_paid_cents"] > 0]
@@ -348,9 +343,7 @@ def credit_earned_message(topic: str, row: asyncpg.Record) -> OutboxMessage:
     )
 
 
-async def _payments_that_matter(
-    conn: asyncpg.Connection, new_invoices: list[asyncpg.Record]
-) -> set[str]:
+async def _payments_that_matter(conn: Conn, new_invoices: list[asyncpg.Record]) -> set[str]:
     """Referees whose state a new paid invoice can change.
 
     Cancellations and $0 invoices never change a referral. A paid invoice
@@ -436,7 +429,7 @@ returning status, reason
 
 
 async def recompute_referrals(
-    conn: asyncpg.Connection,
+    conn: Conn,
     touched: Sequence[str],
     referrers_changed: Sequence[str],
     result: BatchResult | None = None,
@@ -520,7 +513,7 @@ async def recompute_referrals(
 
 
 async def _dead_letters(
-    conn: asyncpg.Connection, dead: Sequence[DeadLetter], out: Outbound, result: BatchResult
+    conn: Conn, dead: Sequence[DeadLetter], out: Outbound, result: BatchResult
 ) -> list[OutboxMessage]:
     """Record each dead letter once per source coordinate and queue it for the DLQ topic."""
     if not dead:
