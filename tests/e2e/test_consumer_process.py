@@ -20,9 +20,12 @@ from tests.e2e.harness import producer, spawn
 from tests.e2e.scenario import T0
 
 
-def _get(port: int, path: str) -> tuple[int, str]:
+def _get(port: int, path: str, token: str | None = None) -> tuple[int, str]:
+    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}")
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as response:
+        with urllib.request.urlopen(request, timeout=2) as response:
             return response.status, response.read().decode()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read().decode()
@@ -47,7 +50,14 @@ async def test_probes_metrics_sigterm_and_logs(
     events.append(events[0])  # a redelivery
     bad = b'{"event_id": "x", "customer": {"email": "leak@private-domain.example"}}'
 
-    proc = spawn(["referral-consumer"], settings, log, HTTP_PORT=str(port), LOG_LEVEL="DEBUG")
+    proc = spawn(
+        ["referral-consumer"],
+        settings,
+        log,
+        HTTP_PORT=str(port),
+        LOG_LEVEL="DEBUG",
+        API_TOKEN="t0k",
+    )
     try:
 
         async def ready() -> bool:
@@ -84,6 +94,14 @@ async def test_probes_metrics_sigterm_and_logs(
             assert line in metrics, line
         assert "referrals_consumer_lag{" in metrics
         assert "referrals_consumer_batch_duration_seconds_bucket" in metrics
+
+        # the read API is served by the same process
+        code = await db.fetchval("select code from referral_codes where account_id = 'acct-7'")
+        status, body = await asyncio.to_thread(_get, port, f"/v1/codes/{code.lower()}", "t0k")
+        assert status == 200 and json.loads(body)["account_id"] == "acct-7"
+        assert (await asyncio.to_thread(_get, port, f"/v1/codes/{code}"))[0] == 401
+        status, body = await asyncio.to_thread(_get, port, "/v1/accounts/acct-7/referrals", "t0k")
+        assert status == 200 and json.loads(body)["referrals"] == []
 
         started = time.monotonic()
         proc.send_signal(signal.SIGTERM)
