@@ -40,11 +40,15 @@ async def test_migrate_command(stack: Stack, tmp_path: Path) -> None:
     env = {**os.environ, "DATABASE_URL": url, "KAFKA_BOOTSTRAP_SERVERS": stack.bootstrap,
            "REFERRALS_ENV_FILE": "/nonexistent"}  # fmt: skip
     script = str(Path(sys.executable).parent / "referrals")
-    first = subprocess.run([script, "migrate"], env=env, capture_output=True, text=True, timeout=60)
+    first = await asyncio.to_thread(_run, [script, "migrate"], env)
     assert first.returncode == 0, first.stderr
     assert "applied migrations" in first.stdout
-    again = subprocess.run([script, "migrate"], env=env, capture_output=True, text=True, timeout=60)
+    again = await asyncio.to_thread(_run, [script, "migrate"], env)
     assert again.returncode == 0 and "up to date" in again.stdout
+
+
+def _run(command: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
 
 
 def test_bad_configuration_names_the_variable(tmp_path: Path) -> None:
@@ -52,15 +56,12 @@ def test_bad_configuration_names_the_variable(tmp_path: Path) -> None:
            "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1", "DATABASE_URL": "postgresql://x/y",
            "PROGRAM_TIMEZONE": "Mars/Olympus", "PAYOUT_SETTLE_DAYS": "-3", "LOG_FORMAT": "xml"}  # fmt: skip
     script = str(Path(sys.executable).parent / "referral-consumer")
-    result = subprocess.run([script], env=env, capture_output=True, text=True, timeout=60)
+    result = _run([script], env)
     assert result.returncode == 2
     assert "PROGRAM_TIMEZONE: Value error, unknown IANA time zone 'Mars/Olympus'" in result.stderr
     assert "PAYOUT_SETTLE_DAYS" in result.stderr
     assert "LOG_FORMAT" in result.stderr
-    missing = subprocess.run(
-        [script], env={"PATH": os.environ["PATH"], "REFERRALS_ENV_FILE": "/nonexistent"},
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+    missing = _run([script], {"PATH": os.environ["PATH"], "REFERRALS_ENV_FILE": "/nonexistent"})
     assert missing.returncode == 2
     assert "KAFKA_BOOTSTRAP_SERVERS: Field required" in missing.stderr
     assert "DATABASE_URL: Field required" in missing.stderr
