@@ -109,3 +109,43 @@ async def test_sigkill_mid_stream_matches_a_clean_run(
     per_account = {json.loads(m.value)["data"]["account_id"] for m in announced}
     assert len(per_account) == accounts
     assert len(per_id) == accounts
+
+
+async def test_sigterm_mid_stream_commits_the_batch_in_hand(
+    settings: Settings, db: asyncpg.Connection, tmp_path: Path
+) -> None:
+    """SIGTERM: the batch in hand is applied and its offsets committed, exit 0 within 10 s;
+    the next process therefore sees no duplicate and loses nothing."""
+    log = tmp_path / "consumer.log"
+    total = await _published_stream(settings, db)
+    env = {"CONSUMER_MAX_BATCH": "200"}
+    first = spawn(["referral-consumer"], settings, log, **env)
+    await wait_for(_at_least(db, REFERRERS + total // 4), timeout=60, interval=0.01)
+    started = asyncio.get_running_loop().time()
+    first.send_signal(signal.SIGTERM)
+    code = await asyncio.to_thread(first.wait, 15)
+    assert code == 0
+    assert asyncio.get_running_loop().time() - started < 10
+    assert await _inbox(db) < total, "the stop must land mid-stream"
+
+    port = devstack.free_port()
+    second = spawn(["referral-consumer"], settings, log, HTTP_PORT=str(port), **env)
+    try:
+        await wait_for(_at_least(db, total), timeout=120)
+        metrics = await asyncio.to_thread(_metrics, port)
+    finally:
+        terminate(second)
+    duplicates = [
+        line for line in metrics.splitlines()
+        if line.startswith("referrals_consumer_events_total") and 'outcome="duplicate"' in line
+    ]  # fmt: skip
+    assert all(line.endswith(" 0.0") for line in duplicates), duplicates
+    assert 'outcome="applied"' in metrics, "the second process applied the rest"
+    assert await _inbox(db) == total
+
+
+def _metrics(port: int) -> str:
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        return str(response.read().decode())

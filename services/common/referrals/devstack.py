@@ -178,9 +178,18 @@ def up(root: Path, topics: list[str], partitions: int = DEFAULT_PARTITIONS) -> S
             current["DATABASE_URL"], current["KAFKA_BOOTSTRAP_SERVERS"], pid, root / "pgdata"
         )
     server_uri = start_postgres(root / "pgdata")
-    database_url = asyncio.run(create_database(server_uri, "referrals"))
-    proc, bootstrap = start_broker(root / "broker.log")
-    asyncio.run(create_topics(bootstrap, topics, partitions))
+    try:
+        database_url = asyncio.run(create_database(server_uri, "referrals"))
+        proc, bootstrap = start_broker(root / "broker.log")
+    except Exception:
+        stop_postgres(root / "pgdata")  # leave nothing half-started behind
+        raise
+    try:
+        asyncio.run(create_topics(bootstrap, topics, partitions))
+    except Exception as exc:
+        proc.kill()
+        stop_postgres(root / "pgdata")
+        raise StackError(f"could not create topics on {bootstrap}: {exc}") from exc
     info = StackInfo(database_url, bootstrap, proc.pid, root / "pgdata")
     write_env_file(env_path, info.env())
     return info
