@@ -81,7 +81,9 @@ class Settings(BaseSettings):
 
     consumer_max_batch: int = Field(default=5000, ge=1, le=100_000)
     consumer_batch_timeout_ms: int = Field(default=100, ge=1)
-    consumer_overlap: bool = False  # validate the next batch while one is written (see BENCHMARKS.md)
+    consumer_overlap: bool = (
+        False  # validate the next batch while one is written (see BENCHMARKS.md)
+    )
     consumer_session_timeout_ms: int = Field(default=10_000, ge=1000, le=300_000)
     max_message_bytes: int = Field(default=64 * 1024, ge=256)
     db_pool_size: int = Field(default=4, ge=1, le=64)

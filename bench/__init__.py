@@ -1,0 +1,1 @@
+"""`make bench`: the consumer and the scheduler measured against same-run ceilings."""

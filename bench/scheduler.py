@@ -1,0 +1,195 @@
+"""The scheduler: one decision pass over seeded referrals, then the outbox relay.
+
+Runs in a fresh process of its own (``python -m bench.scheduler CONFIG``) so that
+neither the bench's memory nor its garbage collector state is in the measurement:
+``seed()`` writes N referrals of which ``due`` are decidable (and due) on ``as_of``;
+``run_pass`` is timed (decisions/s = decisions recorded / seconds, outbox rows
+included, as they are written in the same transactions); ``OutboxRelay.drain()``
+is timed publishing the ``payout.due`` rows; the topic is read back and every
+``payout_id`` counted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+import time
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+from bench import profiling
+from bench.stack import BenchFailure, Stack, drop_config, new_config, spawn_module
+
+AS_OF = date(2027, 4, 2)  # with PAYOUT_SETTLE_DAYS=1: eligible_on 2027-04-01
+
+
+async def measure(cfg: dict[str, Any]) -> dict[str, Any]:
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    from payout_scheduler.core.decisions import DUE
+    from payout_scheduler.metrics import SchedulerMetrics
+    from payout_scheduler.seed import seed
+    from payout_scheduler.service import run_pass
+    from referrals.db import connect, create_pool
+    from referrals.outbox import OutboxRelay, make_producer
+    from referrals.settings import Settings, Topics
+
+    topics = Topics(payout_due=cfg["topic"])
+    settings = Settings(
+        kafka_bootstrap_servers=cfg["bootstrap"], database_url=cfg["database_url"], topics=topics
+    )
+    as_of = date.fromisoformat(cfg["as_of"])
+    conn = await connect(settings.database_url)
+    try:
+        seeded = await seed(
+            conn,
+            cfg["referrals"],
+            cfg["due"],
+            as_of,
+            tz=settings.tz,
+            settle_days=settings.payout_settle_days,
+        )
+    finally:
+        await conn.close()
+
+    pool = await create_pool(settings.database_url, size=settings.db_pool_size)
+    metrics = SchedulerMetrics()
+    try:
+        t = time.perf_counter()
+        decided = await run_pass(pool, settings, as_of, metrics)
+        pass_s = time.perf_counter() - t
+        async with pool.acquire() as c:
+            outbox = await c.fetchval(
+                "select count(*) from outbox where topic = $1 and published_at is null",
+                topics.payout_due,
+            )
+            payouts = await c.fetchval("select count(*) from payouts")
+        producer = make_producer(settings.kafka_bootstrap_servers, settings.kafka_security())
+        await producer.start()
+        try:
+            relay = OutboxRelay(pool, producer, metrics.outbox, batch=settings.outbox_batch)
+            t = time.perf_counter()
+            published = await relay.drain()
+            relay_s = time.perf_counter() - t
+        finally:
+            await producer.stop()
+    finally:
+        await pool.close()
+
+    reader = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap_servers, group_id=None)
+    await reader.start()
+    payout_ids: set[str] = set()
+    messages = 0
+    try:
+        reader.assign([TopicPartition(topics.payout_due, p) for p in range(4)])
+        await reader.seek_to_beginning()
+        quiet = time.monotonic() + 10
+        while messages < published and time.monotonic() < quiet:
+            batch = await reader.getmany(timeout_ms=200, max_records=10_000)
+            for records in batch.values():
+                for r in records:
+                    messages += 1
+                    payout_ids.add(json.loads(r.value)["data"]["payout_id"])
+                quiet = time.monotonic() + 10
+    finally:
+        await reader.stop()
+    return {
+        "referrals": cfg["referrals"],
+        "due": cfg["due"],
+        "as_of": cfg["as_of"],
+        "seed_s": round(seeded.seconds, 2),
+        "pass_s": round(pass_s, 3),
+        "decided": decided.total,
+        "decided_due": decided.count(DUE),
+        "chunks": decided.chunks,
+        "decisions_per_s": round(decided.total / pass_s, 1),
+        "payouts_rows": payouts,
+        "outbox_rows": outbox,
+        "relay_s": round(relay_s, 3),
+        "published": published,
+        "publish_per_s": round(published / relay_s, 1) if relay_s else 0.0,
+        "topic_messages": messages,
+        "topic_distinct_payout_ids": len(payout_ids),
+        "scheduler_batch": settings.scheduler_batch,
+        "outbox_batch": settings.outbox_batch,
+    }
+
+
+async def run(
+    stack: Stack, *, referrals: int, due: int, profile: Path | None = None, log: Any = print
+) -> dict[str, Any]:
+    config = await new_config(stack, "sched")
+    cfg = {
+        "bootstrap": stack.bootstrap,
+        "database_url": config.database_url,
+        "topic": config.topics.payout_due,
+        "referrals": referrals,
+        "due": due,
+        "as_of": AS_OF.isoformat(),
+    }
+    env = {**os.environ, "REFERRALS_ENV_FILE": "/nonexistent", "LOG_LEVEL": "WARNING"}
+    proc = spawn_module(
+        stack, ["bench.scheduler", json.dumps(cfg)], "scheduler", capture=True, env=env
+    )
+    spy = activity = activity_task = None
+    if profile is not None:  # the whole process; the summary keeps run_pass's stacks
+        await asyncio.sleep(0.5)
+        spy = profiling.PySpy(proc.pid, profile)
+        activity = profiling.PgActivity(stack.server_uri, config.name)
+        activity_task = asyncio.create_task(activity.run())
+    try:
+        out, _ = await asyncio.to_thread(proc.communicate, None, 900)
+    finally:
+        if spy is not None:
+            spy.stop()
+        if activity_task is not None:
+            activity_task.cancel()
+            await asyncio.gather(activity_task, return_exceptions=True)
+    stack.children.remove(proc)
+    if proc.returncode != 0:
+        tail = stack.log("scheduler").read_text(errors="replace").splitlines()[-20:]
+        raise BenchFailure(
+            f"the scheduler bench exited with {proc.returncode}:\n" + "\n".join(tail)
+        )
+    result: dict[str, Any] = json.loads(out.decode().strip().splitlines()[-1])
+    problems = [
+        f"{name} = {result[name]}, expected {due}"
+        for name in (
+            "decided",
+            "decided_due",
+            "payouts_rows",
+            "outbox_rows",
+            "published",
+            "topic_distinct_payout_ids",
+        )
+        if result[name] != due
+    ]
+    if problems:
+        raise BenchFailure("the scheduler's result is wrong:\n  " + "\n  ".join(problems))
+    if profile is not None and activity is not None:
+        result["profile"] = {
+            "file": str(profile),
+            "run_pass": profiling.summarise(profile, within="run_pass"),
+            "relay": profiling.summarise(profile, within="OutboxRelay.drain"),
+            "postgres_activity_whole_process": activity.summary(),
+        }
+    log(
+        f"  scheduler: {result['decisions_per_s']:,.0f} decisions/s over {referrals:,} referrals "
+        f"({due:,} due); relay {result['publish_per_s']:,.0f} msg/s (verified)"
+    )
+    await drop_config(stack, config)
+    return result
+
+
+def main() -> None:
+    from referrals.logs import configure_logging
+
+    configure_logging("WARNING", "console")
+    print(json.dumps(asyncio.run(measure(json.loads(sys.argv[1])))))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,191 @@
+"""One payout.due per referral, ever: two replicas at once, and SIGKILL at the worst moments.
+
+Due referrals are written straight into the referral state (``payout_scheduler.seed``),
+which is what the consumer would have derived, so each test runs in seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import signal
+import urllib.error
+import urllib.request
+from collections import Counter
+from datetime import date, datetime
+from pathlib import Path
+
+import asyncpg
+from prometheus_client import CollectorRegistry
+
+from payout_scheduler.core.decisions import decidable_before, payout_id_for
+from payout_scheduler.metrics import SchedulerMetrics
+from payout_scheduler.seed import seed
+from payout_scheduler.service import run_pass
+from referrals.db import create_pool
+from referrals.devstack import free_port
+from referrals.settings import Settings
+from tests.conftest import wait_for
+from tests.e2e.harness import Received, read_topic, spawn, terminate
+
+AS_OF = date(2027, 4, 2)
+
+
+async def _seed_due(db: asyncpg.Connection, settings: Settings, n: int, as_of: date) -> set[str]:
+    """``n`` referrals due on ``as_of`` (and as many not decidable yet); their payout ids."""
+    await seed(db, 2 * n, n, as_of, tz=settings.tz, settle_days=settings.payout_settle_days)
+    rows = await db.fetch(
+        "select referral_id from referrals where first_payment_at < $1",
+        decidable_before(as_of, settings.tz, settings.payout_settle_days),
+    )
+    ids = {str(payout_id_for(r["referral_id"])) for r in rows}
+    assert len(ids) == n
+    return ids
+
+
+def _status(port: int, path: str) -> int:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        return exc.code
+    except OSError:
+        return 0
+
+
+def _payout_ids(messages: list[Received]) -> Counter[str]:
+    return Counter(m.json()["data"]["payout_id"] for m in messages)
+
+
+async def test_two_ticks_started_together_publish_each_payout_once(
+    settings: Settings, db: asyncpg.Connection, tmp_path: Path
+) -> None:
+    expected = await _seed_due(db, settings, 300, AS_OF)
+    logs = [tmp_path / f"tick-{n}.log" for n in range(2)]
+    ticks = [
+        spawn(
+            ["payout-scheduler", "tick", "--as-of", AS_OF.isoformat()],
+            settings,
+            log,
+            SCHEDULER_BATCH="2",
+            OUTBOX_BATCH="50",
+        )
+        for log in logs
+    ]
+    for tick, log in zip(ticks, logs, strict=True):
+        assert await asyncio.to_thread(tick.wait, 60) == 0, log.read_text()
+
+    received = await read_topic(settings, settings.topics.payout_due, expect=300)
+    counts = _payout_ids(received)
+    assert set(counts) == expected
+    assert len(received) == 300 and max(counts.values()) == 1
+    assert await db.fetchval("select count(*) from payouts") == 300
+    assert await db.fetchval("select count(*) from outbox") == 300
+    assert await db.fetchval("select decided from scheduler_passes where as_of = $1", AS_OF) == 300
+    # Batches of 2 keep both processes deciding at the same time (each takes a share).
+    decided_by_each = [
+        int(re.search(r"decided (\d+) referrals", log.read_text())[1])  # type: ignore[index]
+        for log in logs
+    ]
+    assert sum(decided_by_each) == 300, decided_by_each
+
+
+async def test_concurrent_passes_split_the_work_and_never_double_decide(
+    settings: Settings, db: asyncpg.Connection
+) -> None:
+    await _seed_due(db, settings, 300, AS_OF)
+    small = settings.model_copy(update={"scheduler_batch": 7})
+    pools = [await create_pool(settings.database_url, size=3) for _ in range(3)]
+    try:
+        results = await asyncio.gather(
+            *(run_pass(pool, small, AS_OF, SchedulerMetrics(CollectorRegistry())) for pool in pools)
+        )
+    finally:
+        for pool in pools:
+            await pool.close()
+    assert sum(r.total for r in results) == 300
+    assert sum(1 for r in results if r.total) >= 2, [r.total for r in results]
+    assert sum(r.count("due") for r in results) == 300
+    assert await db.fetchval("select count(*) from payouts") == 300
+    assert await db.fetchval("select count(*) from outbox") == 300
+
+
+async def test_killed_between_commit_and_publish_the_restart_publishes_once(
+    settings: Settings, db: asyncpg.Connection, tmp_path: Path
+) -> None:
+    """The scheduler decides (commits) while the broker is unreachable, and is SIGKILLed."""
+    today = datetime.now(settings.tz).date()
+    expected = await _seed_due(db, settings, 300, today)
+    log = tmp_path / "scheduler.log"
+    unreachable = f"127.0.0.1:{free_port()}"
+    port = free_port()
+    proc = spawn(
+        ["payout-scheduler"],
+        settings,
+        log,
+        KAFKA_BOOTSTRAP_SERVERS=unreachable,
+        HTTP_PORT=str(port),
+    )
+    try:
+
+        async def committed_not_published() -> bool:
+            unpublished = await db.fetchval(
+                "select count(*) from outbox where published_at is null"
+            )
+            return bool(unpublished == 300)
+
+        await wait_for(committed_not_published, timeout=30)
+        assert await db.fetchval("select count(*) from payouts") == 300
+
+        # Alive, deciding, but not ready: it cannot publish.
+        async def serving() -> bool:
+            return await asyncio.to_thread(_status, port, "/healthz") == 200
+
+        await wait_for(serving, timeout=10)
+        assert await asyncio.to_thread(_status, port, "/readyz") == 503
+    finally:
+        await asyncio.to_thread(terminate, proc, signal.SIGKILL)
+
+    restart = tmp_path / "tick.log"
+    tick = spawn(["payout-scheduler", "tick", "--as-of", today.isoformat()], settings, restart)
+    assert await asyncio.to_thread(tick.wait, 60) == 0, restart.read_text()
+    assert "decided 0 referrals" in restart.read_text()
+    received = await read_topic(settings, settings.topics.payout_due, expect=300)
+    counts = _payout_ids(received)
+    assert set(counts) == expected and len(received) == 300
+
+
+async def test_killed_while_publishing_the_restart_publishes_the_rest(
+    settings: Settings, db: asyncpg.Connection, tmp_path: Path
+) -> None:
+    """SIGKILL with part of the outbox published: nothing is lost; at most the batch in
+    flight is published again, with the same payout_id."""
+    today = datetime.now(settings.tz).date()
+    expected = await _seed_due(db, settings, 2000, today)
+    log = tmp_path / "scheduler.log"
+    proc = spawn(["payout-scheduler"], settings, log, OUTBOX_BATCH="5", SCHEDULER_BATCH="200")
+    try:
+
+        async def publishing() -> bool:
+            published = await db.fetchval(
+                "select count(*) from outbox where published_at is not null"
+            )
+            return bool(published > 0)
+
+        await wait_for(publishing, timeout=30, interval=0.005)
+    finally:
+        await asyncio.to_thread(terminate, proc, signal.SIGKILL)
+    published_before = await db.fetchval(
+        "select count(*) from outbox where published_at is not null"
+    )
+    decided_before = await db.fetchval("select count(*) from payouts")
+    assert published_before < 2000, "the kill came too late to interrupt the publishing"
+
+    restart = tmp_path / "tick.log"
+    tick = spawn(["payout-scheduler", "tick", "--as-of", today.isoformat()], settings, restart)
+    assert await asyncio.to_thread(tick.wait, 60) == 0, restart.read_text()
+    received = await read_topic(settings, settings.topics.payout_due, expect=2000)
+    counts = _payout_ids(received)
+    assert set(counts) == expected
+    assert len(received) - 2000 <= 5, (published_before, decided_before, len(received))
+    assert await db.fetchval("select count(*) from payouts") == 2000

@@ -1,0 +1,227 @@
+"""The scheduler's store and pass on the real Postgres: locking, idempotence, catch-up, gauges."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from datetime import UTC, date, datetime, timedelta
+from uuid import UUID
+from zoneinfo import ZoneInfo
+
+import asyncpg
+import pytest
+from prometheus_client import CollectorRegistry
+
+from payout_scheduler import store
+from payout_scheduler.core.decisions import decidable_before, decide
+from payout_scheduler.metrics import SchedulerMetrics
+from payout_scheduler.seed import seed
+from payout_scheduler.service import catch_up, refresh_due_soon, run_pass
+from referrals.db import connect, create_pool
+from referrals.outbox import OutboxMessage, enqueue
+from referrals.settings import Settings
+
+LA = ZoneInfo("America/Los_Angeles")
+AS_OF = date(2027, 4, 2)  # eligible_on 2027-04-01 + 1 settle day
+E = datetime(2027, 4, 1, 7, tzinfo=UTC)
+
+
+@pytest.fixture
+async def pool(settings: Settings) -> AsyncIterator[asyncpg.Pool]:
+    pool = await create_pool(settings.database_url, size=3)
+    yield pool
+    await pool.close()
+
+
+def small_batches(settings: Settings) -> Settings:
+    return settings.model_copy(update={"scheduler_batch": 25})
+
+
+def sample(metrics: SchedulerMetrics, name: str, **labels: str) -> float:
+    return metrics.registry.get_sample_value(name, labels) or 0.0
+
+
+async def mixed_referrals(db: asyncpg.Connection) -> None:
+    """500 referrals, 120 decidable on AS_OF: 98 due, 10 forfeited, 12 ineligible."""
+    await seed(db, 500, 120, AS_OF, tz=LA, referrers=50)
+    referees = [f"seed-a{g}" for g in range(20)]
+    await db.execute(
+        """update referrals set status = 'ineligible', reason = 'same_organization'
+           where referee_account_id = any($1::text[])""",
+        referees[:10],
+    )
+    # A second cancellation for seed-a13 (it has one taking effect after E already).
+    await db.execute(
+        """insert into cancellations (event_id, subscription_id, account_id, cancelled_at,
+               effective_at)
+           select gen_random_uuid(), subscription_id, referee_account_id, $2, $3
+           from referrals where referee_account_id = any($1::text[])""",
+        referees[10:],
+        E - timedelta(days=10),
+        E - timedelta(days=1),
+    )
+    await db.execute("update accounts set is_partner = true where account_id = 'seed-r20'")
+    await db.execute(
+        "update referrals set payee = 'override' where referee_account_id = 'seed-a51'"
+    )
+
+
+async def test_a_pass_decides_every_decidable_referral_once(
+    settings: Settings, db: asyncpg.Connection, pool: asyncpg.Pool
+) -> None:
+    await mixed_referrals(db)
+    metrics = SchedulerMetrics(CollectorRegistry())
+    settings = small_batches(settings)
+
+    early = await run_pass(pool, settings, AS_OF - timedelta(days=1), metrics)
+    assert early.total == 0
+    result = await run_pass(pool, settings, AS_OF, metrics)
+    again = await run_pass(pool, settings, AS_OF, metrics)
+
+    assert dict(result.decided) == {
+        ("due", ""): 98,
+        ("forfeited", "cancelled_before_eligibility"): 10,
+        ("ineligible", "same_organization"): 10,
+        ("ineligible", "partner_ineligible"): 2,
+    }
+    assert result.completed and result.chunks >= 120 // 25
+    assert again.total == 0
+    outbox = await db.fetch("select topic, key, payload from outbox order by id")
+    assert len(outbox) == 98
+    assert {r["topic"] for r in outbox} == {settings.topics.payout_due}
+    payees = {
+        r["referee_account_id"]: r["payee"]
+        for r in await db.fetch(
+            """select referee_account_id, payee from payouts
+               where referee_account_id = any('{seed-a50,seed-a51,seed-a52}'::text[])"""
+        )
+    }
+    assert payees == {"seed-a50": "seed-payee-0", "seed-a51": "override", "seed-a52": "seed-r2"}
+    first = json.loads(outbox[0]["payload"])
+    assert outbox[0]["key"] == first["data"]["referrer_account_id"].encode()
+    assert first["event_id"] == first["data"]["payout_id"]
+    assert (first["data"]["eligible_on"], first["data"]["pay_by"]) == ("2027-04-01", "2027-04-21")
+    passes = await db.fetch("select as_of, decided from scheduler_passes order by as_of")
+    assert [tuple(p) for p in passes] == [(AS_OF - timedelta(days=1), 0), (AS_OF, 120)]
+
+    assert sample(metrics, "referrals_scheduler_decisions_total", outcome="due", reason="") == 98
+    assert sample(
+        metrics, "referrals_scheduler_cash_due_cents_total", plan_family="voice_assistant"
+    ) + sample(
+        metrics, "referrals_scheduler_cash_due_cents_total", plan_family="virtual_receptionist"
+    ) == await db.fetchval("select sum(amount_cents) from payouts where outcome = 'due'")
+    assert sample(metrics, "referrals_scheduler_pass_duration_seconds_count") == 3
+    assert sample(metrics, "referrals_scheduler_last_success_timestamp_seconds") > 0
+
+
+async def test_locked_referrals_are_left_to_the_transaction_that_holds_them(
+    settings: Settings, db: asyncpg.Connection
+) -> None:
+    await seed(db, 100, 60, AS_OF, tz=LA)
+    bound = decidable_before(AS_OF, LA, 1)
+    ids = await store.decidable_ids(db, bound, store.FIRST_KEY, 1000)
+    assert len(ids) == 60 and ids == sorted(ids)
+    other = await connect(settings.database_url)
+    try:
+        async with other.transaction():
+            held = await store.lock_decidable(other, ids[:20], bound)
+            free = await store.lock_decidable(db, ids, bound)
+        assert [f.referral_id for f in held] == ids[:20]
+        assert [f.referral_id for f in free] == ids[20:]
+    finally:
+        await other.close()
+
+
+async def test_a_recorded_decision_is_never_replaced(db: asyncpg.Connection) -> None:
+    await seed(db, 10, 10, AS_OF, tz=LA)
+    bound = decidable_before(AS_OF, LA, 1)
+    facts = await store.lock_decidable(
+        db, await store.decidable_ids(db, bound, store.FIRST_KEY, 10), bound
+    )
+    decisions = [d for f in facts if (d := decide(f, AS_OF, LA)) is not None]
+    assert await store.insert_payouts(db, decisions[:4], AS_OF) == {
+        d.referral_id for d in decisions[:4]
+    }
+    assert await store.insert_payouts(db, decisions, AS_OF + timedelta(days=9)) == {
+        d.referral_id for d in decisions[4:]
+    }
+    as_of: dict[UUID, date] = {
+        r["referral_id"]: r["as_of"]
+        for r in await db.fetch("select referral_id, as_of from payouts")
+    }
+    assert {as_of[d.referral_id] for d in decisions[:4]} == {AS_OF}
+
+
+async def test_catch_up_runs_a_pass_for_every_missed_day(
+    settings: Settings, db: asyncpg.Connection, pool: asyncpg.Pool
+) -> None:
+    await seed(db, 50, 30, AS_OF, tz=LA)
+    await store.record_pass(db, date(2027, 3, 29), 0)
+    metrics = SchedulerMetrics(CollectorRegistry())
+
+    results = await catch_up(pool, settings, date(2027, 4, 4), metrics)
+
+    assert [r.as_of for r in results] == [date(2027, 3, 30) + timedelta(days=n) for n in range(6)]
+    assert {r.as_of: r.total for r in results if r.total} == {AS_OF: 30}
+    assert await db.fetchval("select max(as_of) from scheduler_passes") == date(2027, 4, 4)
+    # Up to date: the next catch-up runs today's pass only.
+    assert [r.as_of for r in await catch_up(pool, settings, date(2027, 4, 4), metrics)] == [
+        date(2027, 4, 4)
+    ]
+
+
+async def test_catch_up_without_history_runs_todays_pass(
+    settings: Settings, db: asyncpg.Connection, pool: asyncpg.Pool
+) -> None:
+    await seed(db, 50, 30, AS_OF, tz=LA)
+    results = await catch_up(pool, settings, date(2027, 4, 20), SchedulerMetrics())
+    assert [(r.as_of, r.total) for r in results] == [(date(2027, 4, 20), 30)]
+
+
+async def test_due_soon_counts_unpublished_payouts_close_to_pay_by(
+    settings: Settings, db: asyncpg.Connection, pool: asyncpg.Pool
+) -> None:
+    topic = settings.topics.payout_due
+
+    def due(pay_by: str) -> OutboxMessage:
+        payload = {"event_type": "payout.due", "data": {"pay_by": pay_by}}
+        return OutboxMessage(topic, b"k", json.dumps(payload).encode())
+
+    await enqueue(
+        db,
+        [
+            due("2027-04-20"),  # overdue
+            due("2027-04-27"),  # 3rd business day after Thu 2027-04-22 (Fri, Mon, Tue)
+            due("2027-04-28"),  # 4th: not yet
+            due("2027-04-22"),  # published below
+            OutboxMessage(settings.topics.dlq, b"k", b"\xff\xfe not json"),
+        ],
+    )
+    await db.execute(
+        """update outbox set published_at = now()
+           where convert_from(payload, 'UTF8') like '%2027-04-22%' and topic = $1""",
+        topic,
+    )
+    metrics = SchedulerMetrics()
+    assert await refresh_due_soon(pool, settings, date(2027, 4, 22), metrics) == 2
+    assert sample(metrics, "referrals_scheduler_due_soon") == 2
+
+
+async def test_a_pass_stopped_between_chunks_is_not_recorded(
+    settings: Settings, db: asyncpg.Connection, pool: asyncpg.Pool
+) -> None:
+    import asyncio
+
+    await seed(db, 100, 100, AS_OF, tz=LA)
+    stopping = asyncio.Event()
+    stopping.set()
+    result = await run_pass(
+        pool, small_batches(settings), AS_OF, SchedulerMetrics(), stopping=stopping
+    )
+    assert not result.completed
+    assert await db.fetchval("select count(*) from scheduler_passes") == 0
+    assert isinstance(await store.last_pass(db), type(None))
+
+
+def test_first_key_is_below_every_uuid() -> None:
+    assert UUID(int=0) == store.FIRST_KEY
