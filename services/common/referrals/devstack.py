@@ -113,7 +113,12 @@ def start_broker(log: Path, port: int | None = None) -> tuple[subprocess.Popen[b
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-    _wait_for_port(port, 15, proc, log)
+    try:
+        _wait_for_port(port, 15, proc, log)
+    except BaseException:
+        proc.kill()  # never leave a broker behind that nobody knows the address of
+        proc.wait()
+        raise
     return proc, f"127.0.0.1:{port}"
 
 

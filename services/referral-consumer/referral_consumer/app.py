@@ -105,6 +105,7 @@ class ConsumerService:
             listener=_Rebalances(self),
             max_partition_fetch_bytes=4 * 1024 * 1024,
             session_timeout_ms=settings.consumer_session_timeout_ms,
+            fetch_max_wait_ms=settings.consumer_fetch_max_wait_ms,
             heartbeat_interval_ms=max(100, settings.consumer_session_timeout_ms // 3),
             parser=_tolerant_parser,
             decoder=_no_decode,
