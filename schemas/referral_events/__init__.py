@@ -26,6 +26,7 @@ from referral_events.outbound import (
     ReferralCodeAssignedData,
     ReferralCreditEarned,
     ReferralCreditEarnedData,
+    payout_due_json,
 )
 
 __all__ = [
@@ -49,4 +50,5 @@ __all__ = [
     "SubscriptionCreated",
     "SubscriptionCreatedData",
     "UnsupportedSchemaVersion",
+    "payout_due_json",
 ]

@@ -7,6 +7,7 @@ from enum import StrEnum
 from typing import Literal
 from uuid import UUID
 
+import pydantic_core
 from pydantic import AwareDatetime, Field
 
 from referral_events.envelope import Data, Envelope
@@ -50,6 +51,56 @@ class PayoutDue(Envelope):
     event_type: Literal["payout.due"] = "payout.due"
     schema_version: int = 1
     data: PayoutDueData
+
+
+def payout_due_json(
+    *,
+    payout_id: UUID,
+    referral_id: UUID,
+    occurred_at: dt.datetime,
+    referrer_account_id: str,
+    payee: str,
+    referee_account_id: str,
+    referral_code: str,
+    plan_family: str,
+    amount_cents: int,
+    currency: str,
+    first_payment_at: dt.datetime,
+    eligible_on: dt.date,
+    pay_by: dt.date,
+) -> bytes:
+    """A ``payout.due`` event on the wire (``event_id`` = ``payout_id``), without building the model.
+
+    Byte for byte what ``PayoutDue(...).model_dump_json()`` writes for the same
+    values (same serializer, same field order), at a third of the cost: a
+    scheduler pass writes 10^5 of these. Nothing is validated here, so the
+    caller must pass what :class:`PayoutDue` would accept (aware datetimes,
+    ``amount_cents`` > 0); the scheduler's decision core guarantees it, and
+    ``tests/unit/test_schemas.py`` pins the equality with the model.
+    """
+    return pydantic_core.to_json(
+        {
+            "event_id": payout_id,
+            "event_type": PayoutDue.EVENT_TYPE,
+            "schema_version": 1,
+            "occurred_at": occurred_at,
+            "data": {
+                "payout_id": payout_id,
+                "referral_id": referral_id,
+                "program": "cash",
+                "referrer_account_id": referrer_account_id,
+                "payee": payee,
+                "referee_account_id": referee_account_id,
+                "referral_code": referral_code,
+                "plan_family": plan_family,
+                "amount_cents": amount_cents,
+                "currency": currency,
+                "first_payment_at": first_payment_at,
+                "eligible_on": eligible_on,
+                "pay_by": pay_by,
+            },
+        }
+    )
 
 
 class ReferralCodeAssigned(Envelope):

@@ -17,6 +17,7 @@ from payout_scheduler.core.decisions import decidable_before, decide
 from payout_scheduler.metrics import SchedulerMetrics
 from payout_scheduler.seed import seed
 from payout_scheduler.service import catch_up, refresh_due_soon, run_pass
+from referral_events import PayoutDue
 from referrals.db import connect, create_pool
 from referrals.outbox import OutboxMessage, enqueue
 from referrals.settings import Settings
@@ -132,24 +133,36 @@ async def test_locked_referrals_are_left_to_the_transaction_that_holds_them(
         await other.close()
 
 
-async def test_a_recorded_decision_is_never_replaced(db: asyncpg.Connection) -> None:
+async def test_a_recorded_decision_is_never_replaced_nor_announced_twice(
+    settings: Settings, db: asyncpg.Connection
+) -> None:
     await seed(db, 10, 10, AS_OF, tz=LA)
     bound = decidable_before(AS_OF, LA, 1)
     facts = await store.lock_decidable(
         db, await store.decidable_ids(db, bound, store.FIRST_KEY, 10), bound
     )
-    decisions = [d for f in facts if (d := decide(f, AS_OF, LA)) is not None]
-    assert await store.insert_payouts(db, decisions[:4], AS_OF) == {
-        d.referral_id for d in decisions[:4]
+    decided = [(f, d) for f in facts if (d := decide(f, AS_OF, LA)) is not None]
+    topic = settings.topics.payout_due
+    assert await store.record_decisions(db, decided[:4], AS_OF, topic, LA) == {
+        d.referral_id for _, d in decided[:4]
     }
-    assert await store.insert_payouts(db, decisions, AS_OF + timedelta(days=9)) == {
-        d.referral_id for d in decisions[4:]
+    assert await store.record_decisions(db, decided, AS_OF + timedelta(days=9), topic, LA) == {
+        d.referral_id for _, d in decided[4:]
     }
     as_of: dict[UUID, date] = {
         r["referral_id"]: r["as_of"]
         for r in await db.fetch("select referral_id, as_of from payouts")
     }
-    assert {as_of[d.referral_id] for d in decisions[:4]} == {AS_OF}
+    assert {as_of[d.referral_id] for _, d in decided[:4]} == {AS_OF}
+    # One message per due decision, keyed by the referrer, carrying the decision.
+    messages = await db.fetch("select key, payload from outbox where topic = $1", topic)
+    assert len(messages) == len(decided) == 10
+    by_id = {d.payout_id: (f, d) for f, d in decided}
+    for row in messages:
+        event = PayoutDue.model_validate_json(row["payload"])
+        f, d = by_id[event.event_id]
+        assert row["key"] == f.referrer_account_id.encode()
+        assert (event.data.amount_cents, event.data.payee) == (d.amount_cents, d.payee)
 
 
 async def test_catch_up_runs_a_pass_for_every_missed_day(

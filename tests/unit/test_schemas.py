@@ -17,6 +17,8 @@ from typing import Any
 from uuid import UUID
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydantic import BaseModel, ValidationError
 
 from referral_events import (
@@ -35,6 +37,7 @@ from referral_events import (
     SubscriptionCancelled,
     SubscriptionCreated,
     generate,
+    payout_due_json,
 )
 from referrals.settings import Topics
 
@@ -668,6 +671,61 @@ def test_outbound_round_trip(event: Envelope) -> None:
     assert list(document) == schema["required"]
     data_schema = resolve(schema, schema["properties"]["data"]["$ref"])
     assert list(document["data"]) == data_schema["required"]
+
+
+_ZONES = st.sampled_from(
+    [UTC, timezone(timedelta(hours=-7)), timezone(timedelta(hours=5, minutes=30))]
+)
+_INSTANTS = st.builds(
+    lambda naive, tz: naive.replace(tzinfo=tz),
+    st.datetimes(min_value=datetime(2000, 1, 1), max_value=datetime(2100, 1, 1)),
+    _ZONES,
+)
+_TEXT = st.text(min_size=1, max_size=20)  # any account id billing may use: quotes, emoji...
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    ids=st.tuples(st.uuids(), st.uuids()),
+    occurred_at=_INSTANTS,
+    first_payment_at=_INSTANTS,
+    accounts=st.tuples(_TEXT, _TEXT, _TEXT),
+    family=st.sampled_from(["virtual_receptionist", "voice_assistant"]),
+    amount=st.integers(min_value=1, max_value=10**12),
+    dates=st.tuples(st.dates(), st.dates()),
+)
+def test_payout_due_json_is_the_models_wire_form(
+    ids: tuple[UUID, UUID],
+    occurred_at: datetime,
+    first_payment_at: datetime,
+    accounts: tuple[str, str, str],
+    family: str,
+    amount: int,
+    dates: tuple[date, date],
+) -> None:
+    """The scheduler's fast encoder writes exactly the bytes the model writes."""
+    payout_id, referral_id = ids
+    referrer, payee, referee = accounts
+    data = {
+        "payout_id": payout_id,
+        "referral_id": referral_id,
+        "referrer_account_id": referrer,
+        "payee": payee,
+        "referee_account_id": referee,
+        "referral_code": "7K3M-9QXD",
+        "plan_family": family,
+        "amount_cents": amount,
+        "currency": "USD",
+        "first_payment_at": first_payment_at,
+        "eligible_on": dates[0],
+        "pay_by": dates[1],
+    }
+    model = PayoutDue(event_id=payout_id, occurred_at=occurred_at, data=PayoutDueData(**data))
+
+    fast = payout_due_json(occurred_at=occurred_at, **data)
+
+    assert fast == model.model_dump_json().encode()
+    assert PayoutDue.model_validate_json(fast) == model
 
 
 def test_payout_due_wire_form() -> None:

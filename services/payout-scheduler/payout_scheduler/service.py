@@ -34,7 +34,7 @@ from payout_scheduler.core.business_days import business_day_horizon
 from payout_scheduler.core.decisions import DUE, Decision, decidable_before, decide
 from payout_scheduler.metrics import SchedulerMetrics
 from referrals.db import TRANSIENT_DB_ERRORS, create_pool
-from referrals.outbox import OutboxRelay, enqueue, make_producer
+from referrals.outbox import OutboxRelay, make_producer
 from referrals.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -232,14 +232,10 @@ async def _decide_chunk(
             for f in facts
             if (d := decide(f, as_of, tz, settings.payout_settle_days)) is not None
         ]
-        inserted = await store.insert_payouts(conn, [d for _, d in decided], as_of)
-        recorded = [(f, d) for f, d in decided if d.referral_id in inserted]
-        topic = settings.topics.payout_due
-        await enqueue(
-            conn,
-            [store.payout_due_message(d, f, topic, tz) for f, d in recorded if d.outcome == DUE],
+        recorded = await store.record_decisions(
+            conn, decided, as_of, settings.topics.payout_due, tz
         )
-    return [d for _, d in recorded]
+    return [d for _, d in decided if d.referral_id in recorded]
 
 
 def _count(recorded: list[Decision], result: PassResult, metrics: SchedulerMetrics) -> None:

@@ -1,8 +1,8 @@
 """The scheduler's SQL: decidable referrals in, payout decisions and ``payout.due`` out.
 
 Every statement is set-based: a chunk of referrals costs one locking select
-(which brings the referees' subscriptions and cancellations along), one insert
-into ``payouts`` and one into ``outbox``, whatever the chunk size; the candidate
+(which brings the referees' subscriptions and cancellations along) and one
+statement that inserts its ``payouts`` and ``outbox`` rows, whatever the chunk size; the candidate
 ids come from one unlocked select per page of chunks. The functions run inside
 the caller's transaction; :mod:`payout_scheduler.service` owns it.
 """
@@ -27,8 +27,7 @@ from payout_scheduler.core.decisions import (
     SubscriptionSpan,
 )
 from referral_consumer.core import codes
-from referral_events import PayoutDue
-from referrals.outbox import OutboxMessage
+from referral_events import payout_due_json
 
 #: Plan families that can earn cash; the decision ignores the others.
 QUALIFYING_FAMILIES = sorted(REWARD_CENTS)
@@ -85,21 +84,36 @@ order by r.referral_id
 for update of r skip locked
 """
 
-# Columns the decision copies from the referral are taken from the row itself.
-_INSERT_PAYOUTS = """
-insert into payouts (referral_id, payout_id, outcome, reason, referrer_account_id,
-    referee_account_id, payee, plan_family, amount_cents, currency, first_payment_at,
-    eligible_on, pay_by, as_of)
-select d.referral_id, d.payout_id, d.outcome, d.reason, r.referrer_account_id,
-       r.referee_account_id, d.payee, d.plan_family, d.amount_cents, r.currency,
-       r.first_payment_at, d.eligible_on, d.pay_by, $10::date
-from unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[],
-    $7::bigint[], $8::date[], $9::date[])
-    as d(referral_id, payout_id, outcome, reason, payee, plan_family, amount_cents,
-         eligible_on, pay_by)
-join referrals r on r.referral_id = d.referral_id
-on conflict do nothing
-returning referral_id
+# One statement records a chunk's decisions and enqueues its payout.due messages:
+# an outbox row only for a payouts row inserted now, so a decision a replica
+# already recorded (the primary key conflict) is neither replaced nor announced
+# twice. Columns the decision copies from the referral come from the row itself;
+# the message key is the referrer account, as ``OutboxMessage.key`` would encode it.
+_RECORD_DECISIONS = """
+with recorded as (
+    insert into payouts (referral_id, payout_id, outcome, reason, referrer_account_id,
+        referee_account_id, payee, plan_family, amount_cents, currency, first_payment_at,
+        eligible_on, pay_by, as_of)
+    select d.referral_id, d.payout_id, d.outcome, d.reason, r.referrer_account_id,
+           r.referee_account_id, d.payee, d.plan_family, d.amount_cents, r.currency,
+           r.first_payment_at, d.eligible_on, d.pay_by, $11::date
+    from unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[],
+        $7::bigint[], $8::date[], $9::date[])
+        as d(referral_id, payout_id, outcome, reason, payee, plan_family, amount_cents,
+             eligible_on, pay_by)
+    join referrals r on r.referral_id = d.referral_id
+    on conflict do nothing
+    returning referral_id, referrer_account_id
+),
+announced as (
+    insert into outbox (topic, key, payload)
+    select $12::text, convert_to(rec.referrer_account_id, 'UTF8'), m.message
+    from recorded rec
+    join unnest($1::uuid[], $10::bytea[]) as m(referral_id, message)
+        on m.referral_id = rec.referral_id
+    where m.message is not null
+)
+select referral_id from recorded
 """
 
 _RECORD_PASS = """
@@ -209,16 +223,25 @@ def _spans(
     )
 
 
-async def insert_payouts(conn: Connection, decisions: Sequence[Decision], as_of: date) -> set[UUID]:
-    """Record ``decisions`` of referrals this transaction locked (one statement).
+async def record_decisions(
+    conn: Connection,
+    decided: Sequence[tuple[ReferralFacts, Decision]],
+    as_of: date,
+    topic: str,
+    tz: ZoneInfo,
+) -> set[UUID]:
+    """Record decisions of referrals this transaction locked, with their ``payout.due`` messages.
 
-    Returns the referral ids inserted now; a referral that already has a payout
-    row keeps it, and its id is not returned.
+    One statement: a ``payouts`` row per decision and, for each due one, an
+    outbox row on ``topic``. Returns the referral ids recorded now; a referral
+    that already has a payout row keeps it, gets no new message, and its id is
+    not returned.
     """
-    if not decisions:
+    if not decided:
         return set()
+    decisions = [d for _, d in decided]
     rows = await conn.fetch(
-        _INSERT_PAYOUTS,
+        _RECORD_DECISIONS,
         [d.referral_id for d in decisions],
         [d.payout_id for d in decisions],
         [d.outcome for d in decisions],
@@ -228,15 +251,15 @@ async def insert_payouts(conn: Connection, decisions: Sequence[Decision], as_of:
         [d.amount_cents for d in decisions],
         [d.eligible_on for d in decisions],
         [d.pay_by for d in decisions],
+        [payout_due_payload(d, f, tz) if d.outcome == DUE else None for f, d in decided],
         as_of,
+        topic,
     )
     return {r[0] for r in rows}
 
 
-def payout_due_message(
-    decision: Decision, facts: ReferralFacts, topic: str, tz: ZoneInfo
-) -> OutboxMessage:
-    """The ``payout.due`` event of a due decision, keyed by the referrer account.
+def payout_due_payload(decision: Decision, facts: ReferralFacts, tz: ZoneInfo) -> bytes:
+    """The ``payout.due`` event of a due decision (keyed by the referrer account when enqueued).
 
     ``event_id`` is the ``payout_id``; ``occurred_at`` is the business time the
     cash became due (the start of ``eligible_on`` in the program time zone), so
@@ -244,29 +267,20 @@ def payout_due_message(
     """
     if decision.outcome != DUE or decision.plan_family is None:
         raise ValueError(f"referral {decision.referral_id} is {decision.outcome}, not due")
-    # Validated from a dict: the same checks as keyword construction, at half the cost.
-    event = PayoutDue.model_validate(
-        {
-            "event_id": decision.payout_id,
-            "occurred_at": calendar.eligibility_instant(decision.eligible_on, tz),
-            "data": {
-                "payout_id": decision.payout_id,
-                "referral_id": decision.referral_id,
-                "referrer_account_id": facts.referrer_account_id,
-                "payee": decision.payee,
-                "referee_account_id": facts.referee_account_id,
-                "referral_code": codes.display(facts.referral_code),
-                "plan_family": decision.plan_family,
-                "amount_cents": decision.amount_cents,
-                "currency": decision.currency,
-                "first_payment_at": decision.first_payment_at,
-                "eligible_on": decision.eligible_on,
-                "pay_by": decision.pay_by,
-            },
-        }
-    )
-    return OutboxMessage(
-        topic, facts.referrer_account_id.encode(), event.model_dump_json().encode()
+    return payout_due_json(
+        payout_id=decision.payout_id,
+        referral_id=decision.referral_id,
+        occurred_at=calendar.eligibility_instant(decision.eligible_on, tz),
+        referrer_account_id=facts.referrer_account_id,
+        payee=decision.payee,
+        referee_account_id=facts.referee_account_id,
+        referral_code=codes.display(facts.referral_code),
+        plan_family=decision.plan_family,
+        amount_cents=decision.amount_cents,
+        currency=decision.currency,
+        first_payment_at=decision.first_payment_at,
+        eligible_on=decision.eligible_on,
+        pay_by=decision.pay_by,
     )
 
 
