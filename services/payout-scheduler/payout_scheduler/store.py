@@ -108,9 +108,8 @@ with recorded as (
 announced as (
     insert into outbox (topic, key, payload)
     select $12::text, convert_to(rec.referrer_account_id, 'UTF8'), m.message
-    from recorded rec
-    join unnest($1::uuid[], $10::bytea[]) as m(referral_id, message)
-        on m.referral_id = rec.referral_id
+    from unnest($1::uuid[], $10::bytea[]) as m(referral_id, message)
+    join recorded rec on rec.referral_id = m.referral_id
     where m.message is not null
 )
 select referral_id from recorded
