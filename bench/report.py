@@ -250,8 +250,15 @@ def tables(results: dict[str, Any], *, markdown: bool = False) -> str:
     if lat:
         lat_rows: list[list[str]] = []
         for label, r in (
-            ("ceiling: raw getmany + commit (as the consumer)", lat.get("raw")),
-            ("ceiling: raw getmany + commit, fetch_max_wait_ms=50", lat.get("raw_fetch_wait_50")),
+            (
+                "ceiling: raw getmany + commit, fetch_max_wait_ms="
+                f"{lat.get('raw', {}).get('fetch_max_wait_ms', '?')} (as the consumer)",
+                lat.get("raw"),
+            ),
+            (
+                "raw getmany + commit, fetch_max_wait_ms=500 (aiokafka's default)",
+                lat.get("raw_fetch_wait_default"),
+            ),
             ("referral-consumer (publish -> committed)", lat),
         ):
             if r:
@@ -494,8 +501,9 @@ def markdown(results: dict[str, Any], png: str) -> str:
         "`inbox` for the outstanding ids every 5 ms cost its Postgres backend ~0.25 of the "
         "2 cores, more than the consumer itself, so it was dropped.) The same messages "
         "at the same rate are then read by raw aiokafka group members that only fetch and "
-        "commit (`getmany` of 5,000 / 100 ms like the consumer), at aiokafka's default "
-        "`fetch_max_wait_ms` 500 (the consumer's) and at 50: the broker's own latency.",
+        "commit (`getmany` of 5,000 / 100 ms like the consumer), at the consumer's "
+        "`fetch_max_wait_ms` (`CONSUMER_FETCH_MAX_WAIT_MS`): the broker's own latency; and "
+        "at aiokafka's default 500, for comparison.",
         "- **Memory** (`bench/memory.py`): RSS of the consumer process and its children "
         "(psutil, every 100 ms) while it drains the 1M backlog, against its RSS idle after "
         "start-up; the RSS at 10 / 25 / 50 / 75 / 100 % of the drain shows whether it grows "

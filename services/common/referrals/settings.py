@@ -85,7 +85,7 @@ class Settings(BaseSettings):
         False  # validate the next batch while one is written (see BENCHMARKS.md)
     )
     # Tansu answers a waiting fetch only at this deadline: it bounds the latency floor.
-    consumer_fetch_max_wait_ms: int = Field(default=100, ge=1, le=10_000)
+    consumer_fetch_max_wait_ms: int = Field(default=50, ge=1, le=10_000)
     consumer_session_timeout_ms: int = Field(default=10_000, ge=1000, le=300_000)
     max_message_bytes: int = Field(default=64 * 1024, ge=256)
     db_pool_size: int = Field(default=4, ge=1, le=64)
