@@ -137,11 +137,12 @@ def test_cancellations_combine_with_the_single_cancellation_fields() -> None:
 def test_spans_group_the_cancellations_of_each_subscription() -> None:
     created = datetime(2027, 1, 10, tzinfo=UTC)
     spans = _spans(
-        ["a", "a", "b", "c"],
-        [VR, VR, "voice_assistant", VR],
-        [created, created, created, created],
-        [E - 9 * DAY, E - 8 * DAY, E - 7 * DAY, None],
-        [E - DAY, E + DAY, E + 2 * DAY, None],
+        [
+            ("a", VR, created, E - 9 * DAY, E - DAY),
+            ("a", VR, created, E - 8 * DAY, E + DAY),
+            ("b", "voice_assistant", created, E - 7 * DAY, E + 2 * DAY),
+            ("c", VR, created, None, None),
+        ]
     )
     by_id = {s.subscription_id: s for s in spans}
     assert sorted(by_id) == ["a", "b", "c"]
@@ -151,7 +152,10 @@ def test_spans_group_the_cancellations_of_each_subscription() -> None:
     }
     assert by_id["b"].cancellations == (Cancellation(E - 7 * DAY, E + 2 * DAY),)
     assert by_id["c"].cancellations == ()
-    assert _spans(None, [], [], [], []) == ()
+    assert _spans([]) == ()
+    assert _spans([("d", VR, created, None, None)]) == (
+        SubscriptionSpan("d", VR, created, None, None, ()),
+    )
 
 
 # --- payout ids ---------------------------------------------------------------------------

@@ -55,28 +55,21 @@ limit $3
 # The payouts primary key is the last guard for a row that a replica committed
 # between another's snapshot and its lock (that insert then does nothing).
 #
-# Each row carries the referee's qualifying subscriptions as parallel arrays,
-# one element per (subscription, cancellation) pair; other plan families never
-# earn, so the decision never looks at them.
+# One row per (referral, qualifying subscription of the referee, cancellation of
+# it), in referral order; a referral whose referee holds none comes once, with
+# nulls. Other plan families never earn, so the decision never looks at them.
+# (Rows rather than per-referral arrays: array_agg cost Postgres twice as much.)
 _LOCK_DECIDABLE = """
 select r.referral_id, r.referrer_account_id, r.referee_account_id, r.referral_code,
        r.currency, r.status, r.reason, r.first_payment_at,
        coalesce(a.is_partner, false) as referrer_is_partner,
        coalesce(r.payee, a.payee) as payee,
-       s.subscription_ids, s.plan_families, s.created_ats, s.cancelled_ats, s.effective_ats
+       s.subscription_id, s.plan_family, s.created_at, c.cancelled_at, c.effective_at
 from referrals r
 left join accounts a on a.account_id = r.referrer_account_id
-cross join lateral (
-    select array_agg(s.subscription_id) as subscription_ids,
-           array_agg(s.plan_family) as plan_families,
-           array_agg(s.created_at) as created_ats,
-           array_agg(c.cancelled_at) as cancelled_ats,
-           array_agg(c.effective_at) as effective_ats
-    from subscriptions s
-    left join cancellations c on c.subscription_id = s.subscription_id
-    where s.account_id = r.referee_account_id
-      and s.plan_family = any($3::text[])
-) as s
+left join subscriptions s
+    on s.account_id = r.referee_account_id and s.plan_family = any($3::text[])
+left join cancellations c on c.subscription_id = s.subscription_id
 where r.referral_id = any($1::uuid[])
   and r.first_payment_at < $2
   and not exists (select 1 from payouts p where p.referral_id = r.referral_id)
@@ -152,72 +145,39 @@ async def lock_decidable(
     it) is skipped: the next pass takes it.
     """
     rows = await conn.fetch(_LOCK_DECIDABLE, ids, first_payment_before, QUALIFYING_FAMILIES)
-    # Positional unpacking (the select's column order): a pass builds 10^5 of these.
-    return [
-        ReferralFacts(
-            referral_id,
-            referrer,
-            referee,
-            code,
-            currency,
-            status,
-            reason,
-            first_payment_at,
-            is_partner,
-            payee,
-            _spans(subscription_ids, families, created_ats, cancelled_ats, effective_ats),
-        )
-        for (
-            referral_id,
-            referrer,
-            referee,
-            code,
-            currency,
-            status,
-            reason,
-            first_payment_at,
-            is_partner,
-            payee,
-            subscription_ids,
-            families,
-            created_ats,
-            cancelled_ats,
-            effective_ats,
-        ) in rows
-    ]
+    facts: list[ReferralFacts] = []
+    head: tuple[object, ...] = ()
+    spans: list[tuple[str, str, datetime, datetime | None, datetime | None]] = []
+    # Positional unpacking (the select's column order): a pass reads 10^5 of these.
+    for *referral, subscription_id, family, created_at, cancelled_at, effective_at in rows:
+        if not head or referral[0] != head[0]:
+            if head:
+                facts.append(ReferralFacts(*head, _spans(spans)))  # type: ignore[arg-type,call-arg]
+            head = tuple(referral)
+            spans = []
+        if subscription_id is not None:
+            spans.append((subscription_id, family, created_at, cancelled_at, effective_at))
+    if head:
+        facts.append(ReferralFacts(*head, _spans(spans)))  # type: ignore[arg-type,call-arg]
+    return facts
 
 
 def _spans(
-    subscription_ids: list[str] | None,
-    families: list[str],
-    created_ats: list[datetime],
-    cancelled_ats: list[datetime],
-    effective_ats: list[datetime | None],
+    rows: list[tuple[str, str, datetime, datetime | None, datetime | None]],
 ) -> tuple[SubscriptionSpan, ...]:
-    """Subscriptions from the lock query's arrays (a subscription repeats per cancellation)."""
-    if subscription_ids is None:
-        return ()
-    rows = zip(subscription_ids, families, created_ats, cancelled_ats, effective_ats, strict=True)
-    if len(set(subscription_ids)) == len(subscription_ids):  # the usual: one row each
-        return tuple(
-            SubscriptionSpan(
-                sid,
-                family,
-                created,
-                None,
-                None,
-                (Cancellation(at, end),) if end is not None else (),
-            )
-            for sid, family, created, at, end in rows
-        )
+    """A referee's subscriptions from its lock-query rows (one per cancellation, if any)."""
+    if len(rows) == 1:  # the usual: one subscription, at most one cancellation
+        sid, family, created, at, end = rows[0]
+        cancellations = (Cancellation(at, end),) if end is not None else ()  # type: ignore[arg-type]
+        return (SubscriptionSpan(sid, family, created, None, None, cancellations),)
     heads: dict[str, tuple[str, datetime]] = {}
-    cancellations: defaultdict[str, list[Cancellation]] = defaultdict(list)
+    by_subscription: defaultdict[str, list[Cancellation]] = defaultdict(list)
     for sid, family, created, at, end in rows:
         heads[sid] = (family, created)
         if end is not None:
-            cancellations[sid].append(Cancellation(at, end))
+            by_subscription[sid].append(Cancellation(at, end))  # type: ignore[arg-type]
     return tuple(
-        SubscriptionSpan(sid, family, created, None, None, tuple(cancellations[sid]))
+        SubscriptionSpan(sid, family, created, None, None, tuple(by_subscription[sid]))
         for sid, (family, created) in heads.items()
     )
 
@@ -266,7 +226,7 @@ def payout_due_payload(decision: Decision, facts: ReferralFacts, tz: ZoneInfo) -
     """
     if decision.outcome != DUE or decision.plan_family is None:
         raise ValueError(f"referral {decision.referral_id} is {decision.outcome}, not due")
-    return payout_due_json(
+    payload: bytes = payout_due_json(
         payout_id=decision.payout_id,
         referral_id=decision.referral_id,
         occurred_at=calendar.eligibility_instant(decision.eligible_on, tz),
@@ -281,6 +241,7 @@ def payout_due_payload(decision: Decision, facts: ReferralFacts, tz: ZoneInfo) -
         eligible_on=decision.eligible_on,
         pay_by=decision.pay_by,
     )
+    return payload
 
 
 async def record_pass(conn: Connection, as_of: date, decided: int) -> None:
