@@ -2,8 +2,8 @@
 
 Every statement is set-based: a chunk of referrals costs one locking select
 (which brings the referees' subscriptions and cancellations along) and one
-statement that inserts its ``payouts`` and ``outbox`` rows, whatever the chunk size; the candidate
-ids come from one unlocked select per page of chunks. The functions run inside
+statement that inserts its ``payouts`` and ``outbox`` rows, whatever the chunk
+size; the candidate ids come from one unlocked select per page of chunks. The functions run inside
 the caller's transaction; :mod:`payout_scheduler.service` owns it.
 """
 
@@ -146,36 +146,57 @@ async def lock_decidable(
     """
     rows = await conn.fetch(_LOCK_DECIDABLE, ids, first_payment_before, QUALIFYING_FAMILIES)
     facts: list[ReferralFacts] = []
-    head: tuple[object, ...] = ()
+    head: asyncpg.Record | None = None  # the first row of the referral being read
     spans: list[tuple[str, str, datetime, datetime | None, datetime | None]] = []
-    # Positional unpacking (the select's column order): a pass reads 10^5 of these.
-    for *referral, subscription_id, family, created_at, cancelled_at, effective_at in rows:
-        if not head or referral[0] != head[0]:
-            if head:
-                facts.append(ReferralFacts(*head, _spans(spans)))  # type: ignore[arg-type,call-arg]
-            head = tuple(referral)
-            spans = []
-        if subscription_id is not None:
-            spans.append((subscription_id, family, created_at, cancelled_at, effective_at))
-    if head:
-        facts.append(ReferralFacts(*head, _spans(spans)))  # type: ignore[arg-type,call-arg]
+    for row in rows:  # in referral order, so a referral's rows are adjacent
+        if head is None or row[0] != head[0]:
+            if head is not None:
+                facts.append(_facts(head, spans))
+            head, spans = row, []
+        if row[10] is not None:  # subscription_id: the referee holds a qualifying one
+            spans.append((row[10], row[11], row[12], row[13], row[14]))
+    if head is not None:
+        facts.append(_facts(head, spans))
     return facts
+
+
+def _facts(
+    head: asyncpg.Record, spans: list[tuple[str, str, datetime, datetime | None, datetime | None]]
+) -> ReferralFacts:
+    # Positional (the select's column order): a pass builds 10^5 of these.
+    return ReferralFacts(
+        head[0],
+        head[1],
+        head[2],
+        head[3],
+        head[4],
+        head[5],
+        head[6],
+        head[7],
+        head[8],
+        head[9],
+        _spans(spans),
+    )
 
 
 def _spans(
     rows: list[tuple[str, str, datetime, datetime | None, datetime | None]],
 ) -> tuple[SubscriptionSpan, ...]:
-    """A referee's subscriptions from its lock-query rows (one per cancellation, if any)."""
+    """A referee's subscriptions from its lock-query rows (one per cancellation, if any).
+
+    Both cancellation columns are null exactly when the subscription has none
+    (the left join); the table has neither column nullable.
+    """
     if len(rows) == 1:  # the usual: one subscription, at most one cancellation
         sid, family, created, at, end = rows[0]
-        cancellations = (Cancellation(at, end),) if end is not None else ()  # type: ignore[arg-type]
+        cancellations = (Cancellation(at, end),) if at is not None and end is not None else ()
         return (SubscriptionSpan(sid, family, created, None, None, cancellations),)
     heads: dict[str, tuple[str, datetime]] = {}
     by_subscription: defaultdict[str, list[Cancellation]] = defaultdict(list)
     for sid, family, created, at, end in rows:
         heads[sid] = (family, created)
-        if end is not None:
-            by_subscription[sid].append(Cancellation(at, end))  # type: ignore[arg-type]
+        if at is not None and end is not None:
+            by_subscription[sid].append(Cancellation(at, end))
     return tuple(
         SubscriptionSpan(sid, family, created, None, None, tuple(by_subscription[sid]))
         for sid, (family, created) in heads.items()
