@@ -11,7 +11,7 @@ from prometheus_client import CollectorRegistry
 
 from referral_consumer.metrics import ConsumerMetrics
 from referral_consumer.pipeline import BatchPipeline, first_offsets, next_offsets
-from referral_consumer.processor import ParsedBatch
+from referral_consumer.processor import PARSE_SLICE, BatchProcessor, ParsedBatch
 
 
 @dataclass(frozen=True)
@@ -49,7 +49,7 @@ class FakeProcessor:
         self.applied: list[int] = []
         self.running = 0
 
-    def parse(self, records: Any) -> ParsedBatch:
+    async def parse_interleaved(self, records: Any) -> ParsedBatch:
         return ParsedBatch(records, 0.0)
 
     async def apply(self, batch: ParsedBatch) -> None:
@@ -110,3 +110,32 @@ async def test_without_overlap_submit_returns_after_commit() -> None:
     pipeline = BatchPipeline(processor, ConsumerMetrics(CollectorRegistry()), overlap=False)  # type: ignore[arg-type]
     await pipeline.submit(batch((1, 0)), consumer)
     assert consumer.commits == [{TopicPartition("t", 1): 1}]
+
+
+async def test_parsing_yields_to_the_batch_in_flight() -> None:
+    """A 1,000-record parse lets another task run between its slices, not only after it."""
+    topics = {"billing.invoice.paid": "invoice.paid"}
+    processor = BatchProcessor(
+        None,  # type: ignore[arg-type]  # parsing never touches the database
+        topics,
+        None,  # type: ignore[arg-type]
+        ConsumerMetrics(CollectorRegistry()),
+        asyncio.Event(),
+        max_message_bytes=65536,
+    )
+    records = [Rec("billing.invoice.paid", 0, n, b"k", b'{"not": "an event"}') for n in range(1000)]
+    ticks = 0
+
+    async def other_work() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await asyncio.sleep(0)
+
+    ticker = asyncio.create_task(other_work())
+    await asyncio.sleep(0)
+    parsed = await processor.parse_interleaved(records)
+    ticker.cancel()
+
+    assert len(parsed.dead) == 1000 and not parsed.parsed
+    assert ticks >= 1000 // PARSE_SLICE

@@ -70,7 +70,8 @@ class BatchPipeline:
 
     async def submit(self, records: Sequence[Record], consumer: Any) -> None:
         """Hand over a fetched batch. Returns once it is in flight (or done, when draining)."""
-        batch = self._processor.parse(records)
+        # Interleaved: the batch in flight, if any, keeps its transaction moving meanwhile.
+        batch = await self._processor.parse_interleaved(records)
         if not await self.settle():
             # The previous batch failed and its partitions were rewound; this batch
             # comes after it, so it is fetched again too.
