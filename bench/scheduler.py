@@ -79,6 +79,8 @@ async def measure(cfg: dict[str, Any]) -> dict[str, Any]:
     finally:
         await pool.close()
 
+    raw = await raw_write_ceiling(settings.database_url, settings.scheduler_batch)
+
     reader = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap_servers, group_id=None)
     await reader.start()
     payout_ids: set[str] = set()
@@ -113,8 +115,74 @@ async def measure(cfg: dict[str, Any]) -> dict[str, Any]:
         "publish_per_s": round(published / relay_s, 1) if relay_s else 0.0,
         "topic_messages": messages,
         "topic_distinct_payout_ids": len(payout_ids),
+        "raw_write_rows": raw["rows"],
+        "raw_write_s": raw["seconds"],
+        "raw_write_per_s": raw["rows_per_s"],
+        "x_raw_write": round(decided.total / pass_s / raw["rows_per_s"], 3),
         "scheduler_batch": settings.scheduler_batch,
         "outbox_batch": settings.outbox_batch,
+    }
+
+
+# The pass's output rows, written again with nothing read, locked or decided.
+_RAW_PAYOUTS = """
+insert into payouts select * from unnest($1::payouts[])
+"""
+_RAW_OUTBOX = """
+insert into outbox (topic, key, payload, headers) select * from unnest($1::text[], $2::bytea[],
+    $3::bytea[], $4::jsonb[])
+"""
+
+
+async def raw_write_ceiling(database_url: str, batch: int) -> dict[str, Any]:
+    """The same-run ceiling of a pass: its ``payouts`` and outbox rows re-inserted.
+
+    Reads what the pass wrote, empties both tables, then times writing the rows
+    back ``batch`` at a time, one transaction per chunk (payouts, then outbox,
+    one statement each), on two connections like the pass's two workers: the
+    database's cost of the pass's writes with no facts read, no rows locked and
+    no Python deciding or serialising. Decisions/s divided by this is the
+    pass's ratio to its ceiling on the machine as it runs now.
+    """
+    from referrals.db import connect, create_pool
+
+    conn = await connect(database_url)
+    try:
+        payouts = await conn.fetch("select p from payouts p order by referral_id")
+        outbox = await conn.fetch("select topic, key, payload, headers from outbox order by id")
+        await conn.execute("truncate payouts, outbox")
+        await conn.execute("checkpoint")
+    finally:
+        await conn.close()
+    rows = [tuple(r[0]) for r in payouts]  # tuples: asyncpg encodes them as composites
+    messages = [tuple(r) for r in outbox]
+    pool = await create_pool(database_url, size=2)
+    chunks = [(rows[i : i + batch], messages[i : i + batch]) for i in range(0, len(rows), batch)]
+    feeding = asyncio.Lock()
+
+    async def worker() -> None:
+        while True:
+            async with feeding:
+                if not chunks:
+                    return
+                decided, announced = chunks.pop(0)
+            async with pool.acquire() as c, c.transaction():
+                await c.execute(_RAW_PAYOUTS, decided)
+                if announced:
+                    await c.execute(
+                        _RAW_OUTBOX, *(list(col) for col in zip(*announced, strict=True))
+                    )
+
+    try:
+        started = time.perf_counter()
+        await asyncio.gather(worker(), worker())
+        seconds = time.perf_counter() - started
+    finally:
+        await pool.close()
+    return {
+        "rows": len(rows),
+        "seconds": round(seconds, 3),
+        "rows_per_s": round(len(rows) / seconds, 1),
     }
 
 
@@ -178,7 +246,9 @@ async def run(
         }
     log(
         f"  scheduler: {result['decisions_per_s']:,.0f} decisions/s over {referrals:,} referrals "
-        f"({due:,} due); relay {result['publish_per_s']:,.0f} msg/s (verified)"
+        f"({due:,} due) = {result['x_raw_write']:.2f} x its raw write "
+        f"({result['raw_write_per_s']:,.0f} rows/s); relay {result['publish_per_s']:,.0f} msg/s "
+        "(verified)"
     )
     await drop_config(stack, config)
     return result
