@@ -35,6 +35,7 @@ from bench.stack import (
     Stack,
     db,
     drop_config,
+    json_result,
     new_config,
     publish_backlog,
     spawn_module,
@@ -48,17 +49,6 @@ def _spawn_ceiling(stack: Stack, mode: str, cfg: dict[str, Any]) -> subprocess.P
     return spawn_module(
         stack, ["bench.ceilings", mode, json.dumps(cfg)], f"ceiling-{mode}", capture=True
     )
-
-
-async def _finish(stack: Stack, proc: subprocess.Popen[bytes], mode: str) -> dict[str, Any]:
-    out, _ = await asyncio.to_thread(proc.communicate, None, 600)
-    stack.children.remove(proc)
-    if proc.returncode != 0:
-        raise BenchFailure(
-            f"ceiling {mode} exited with {proc.returncode}; see {stack.log(f'ceiling-{mode}')}"
-        )
-    result: dict[str, Any] = json.loads(out.decode().strip().splitlines()[-1])
-    return result
 
 
 async def _count(url: str, table: str) -> int:
@@ -96,10 +86,10 @@ async def run(
     topic_types = config.topics.billing
 
     # 1. raw getmany
-    read = await _finish(
+    read = await json_result(
         stack,
         _spawn_ceiling(stack, "read", {"bootstrap": stack.bootstrap, **offsets}),
-        "read",
+        "ceiling-read",
     )
     if read["events"] != messages:
         raise BenchFailure(f"raw getmany read {read['events']} messages, published {messages}")
@@ -125,7 +115,7 @@ async def run(
             watcher, start, end, time.monotonic(), alive=lambda: proc.poll() is None
         )
     raw_cpu = meter.stop()
-    write = await _finish(stack, proc, "write")
+    write = await json_result(stack, proc, "ceiling-write")
     rows = await _count(raw_db, "raw_events")
     if rows != stream.expected.distinct_events:
         raise BenchFailure(
@@ -135,28 +125,22 @@ async def run(
 
     # 3. the consumer, as its real service process
     consumer = ConsumerProcess(stack, config, extra_env).start()
-    spy = activity = activity_task = None
     if profile is not None:
         await consumer.wait_ready()
-        spy = profiling.PySpy(consumer.pid, profile)
-        activity = profiling.PgActivity(stack.server_uri, config.name)
-        activity_task = asyncio.create_task(activity.run())
     sampler = asyncio.create_task(_peak_rss(consumer))
-    meter = CpuMeter(stack, consumer=consumer.pid).start()
     try:
-        async with CommitWatcher(stack, config.group, end) as watcher:
-            drain = await watch_drain(
-                watcher, start, end, consumer.spawned_at, alive=consumer.alive
-            )
-        cpu = meter.stop()
+        async with profiling.profiled(
+            consumer.pid, profile, stack.server_uri, config.name
+        ) as activity:
+            meter = CpuMeter(stack, consumer=consumer.pid).start()
+            async with CommitWatcher(stack, config.group, end) as watcher:
+                drain = await watch_drain(
+                    watcher, start, end, consumer.spawned_at, alive=consumer.alive
+                )
+            cpu = meter.stop()
     except BenchFailure as exc:
         raise BenchFailure(f"{exc}; consumer log:\n{consumer.tail()}") from exc
     finally:
-        if spy is not None:
-            spy.stop()
-        if activity_task is not None:
-            activity_task.cancel()
-            await asyncio.gather(activity_task, return_exceptions=True)
         sampler.cancel()
     (peak_rss,) = await asyncio.gather(sampler, return_exceptions=True)
     batches = await consumer.metrics()

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import signal
 import subprocess
 from collections import Counter
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -125,6 +127,29 @@ def _library(frames: list[str]) -> str:
     return "other"
 
 
+@contextlib.asynccontextmanager
+async def profiled(
+    pid: int, out: Path | None, server_uri: str, database: str
+) -> AsyncIterator[PgActivity | None]:
+    """py-spy on ``pid`` into ``out`` and :class:`PgActivity` on ``database`` for the block.
+
+    Yields the activity sampler (for its summary afterwards), or None and does
+    nothing when ``out`` is None (an unprofiled run).
+    """
+    if out is None:
+        yield None
+        return
+    spy = PySpy(pid, out)
+    activity = PgActivity(server_uri, database)
+    sampling = asyncio.create_task(activity.run())
+    try:
+        yield activity
+    finally:
+        spy.stop()
+        sampling.cancel()
+        await asyncio.gather(sampling, return_exceptions=True)
+
+
 class PgActivity:
     """Samples ``pg_stat_activity`` for one database every ``interval``: what the
     consumer's connections are doing (py-spy cannot see where an asyncio task waits).
@@ -143,8 +168,6 @@ class PgActivity:
         self.samples = 0
 
     async def run(self) -> None:
-        import asyncio
-
         import asyncpg
 
         conn = await asyncpg.connect(self.server_uri)

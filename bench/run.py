@@ -114,10 +114,7 @@ async def measure(stack: Stack, args: argparse.Namespace, results: dict[str, Any
             profile=profile,
             log=log,
         )
-        if profile is not None:
-            out = _out_dir(args) / "consumer-profile.txt"
-            out.write_bytes(profile.read_bytes())
-            results["throughput"]["profile"]["file"] = str(out)
+        _keep_profile(args, profile, results["throughput"])
     if "latency" in args.parts:
         log(f"latency: {scale.latency_rate:,} msg/s for {scale.latency_seconds:.0f} s")
         results["latency"] = await latency.run(
@@ -148,10 +145,16 @@ async def measure(stack: Stack, args: argparse.Namespace, results: dict[str, Any
             profile=profile,
             log=log,
         )
-        if profile is not None:
-            out = _out_dir(args) / "scheduler-profile.txt"
-            out.write_bytes(profile.read_bytes())
-            results["scheduler"]["profile"]["file"] = str(out)
+        _keep_profile(args, profile, results["scheduler"])
+
+
+def _keep_profile(args: argparse.Namespace, profile: Path | None, result: dict[str, Any]) -> None:
+    """Copy a part's profile out of the stack's temp dir (removed at the end) to the results."""
+    if profile is None:
+        return
+    out = _out_dir(args) / profile.name
+    out.write_bytes(profile.read_bytes())
+    result["profile"]["file"] = str(out)
 
 
 def _full(args: argparse.Namespace) -> bool:

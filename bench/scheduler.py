@@ -21,7 +21,14 @@ from pathlib import Path
 from typing import Any
 
 from bench import profiling
-from bench.stack import BenchFailure, Stack, drop_config, new_config, spawn_module
+from bench.stack import (
+    BenchFailure,
+    Stack,
+    drop_config,
+    json_result,
+    new_config,
+    spawn_module,
+)
 
 AS_OF = date(2027, 4, 2)  # with PAYOUT_SETTLE_DAYS=1: eligible_on 2027-04-01
 
@@ -202,27 +209,10 @@ async def run(
     proc = spawn_module(
         stack, ["bench.scheduler", json.dumps(cfg)], "scheduler", capture=True, env=env
     )
-    spy = activity = activity_task = None
     if profile is not None:  # the whole process; the summary keeps run_pass's stacks
         await asyncio.sleep(0.5)
-        spy = profiling.PySpy(proc.pid, profile)
-        activity = profiling.PgActivity(stack.server_uri, config.name)
-        activity_task = asyncio.create_task(activity.run())
-    try:
-        out, _ = await asyncio.to_thread(proc.communicate, None, 900)
-    finally:
-        if spy is not None:
-            spy.stop()
-        if activity_task is not None:
-            activity_task.cancel()
-            await asyncio.gather(activity_task, return_exceptions=True)
-    stack.children.remove(proc)
-    if proc.returncode != 0:
-        tail = stack.log("scheduler").read_text(errors="replace").splitlines()[-20:]
-        raise BenchFailure(
-            f"the scheduler bench exited with {proc.returncode}:\n" + "\n".join(tail)
-        )
-    result: dict[str, Any] = json.loads(out.decode().strip().splitlines()[-1])
+    async with profiling.profiled(proc.pid, profile, stack.server_uri, config.name) as activity:
+        result = await json_result(stack, proc, "scheduler", timeout=900)
     problems = [
         f"{name} = {result[name]}, expected {due}"
         for name in (

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -503,6 +504,23 @@ def spawn_module(
         )
     stack.children.append(proc)
     return proc
+
+
+async def json_result(
+    stack: Stack, proc: subprocess.Popen[bytes], log_name: str, *, timeout: float = 600
+) -> dict[str, Any]:
+    """Wait for a :func:`spawn_module` child run with ``capture=True``; its result is the
+    last line of its stdout, as JSON. A non-zero exit raises with the end of its log."""
+    out, _ = await asyncio.to_thread(proc.communicate, None, timeout)
+    stack.children.remove(proc)
+    if proc.returncode != 0:
+        tail = stack.log(log_name).read_text(errors="replace").splitlines()[-20:]
+        raise BenchFailure(
+            f"{log_name} exited with {proc.returncode}; the end of {stack.log(log_name)}:\n"
+            + "\n".join(tail)
+        )
+    result: dict[str, Any] = json.loads(out.decode().strip().splitlines()[-1])
+    return result
 
 
 def _tree_cpu(pid: int, children: bool = True) -> float:
