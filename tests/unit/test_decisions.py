@@ -7,6 +7,7 @@ first instant is 2027-04-01T07:00Z (PDT), pay_by 2027-04-21, decidable from 2027
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import uuid
 from datetime import UTC, date, datetime, timedelta
 from uuid import UUID
@@ -20,9 +21,11 @@ from payout_scheduler.core.calendar import eligibility_instant, eligible_on
 from payout_scheduler.core.decisions import (
     PAYOUT_NAMESPACE,
     REWARD_CENTS,
+    Cancellation,
     Decision,
     ReferralFacts,
     SubscriptionSpan,
+    decidable_before,
     decide,
     payout_id_for,
 )
@@ -33,6 +36,7 @@ FIRST_PAYMENT_AT = datetime(2027, 1, 17, 18, 0, tzinfo=UTC)
 E = datetime(2027, 4, 1, 7, 0, tzinfo=UTC)  # start of 2027-04-01 in Los Angeles
 DECIDABLE = date(2027, 4, 2)
 SECOND = timedelta(seconds=1)
+DAY = timedelta(days=1)
 VR, VA, CHAT = "virtual_receptionist", "voice_assistant", "chat"
 
 CONSUMER_REASONS = [
@@ -50,6 +54,7 @@ def span(
     cancelled_at: datetime | None = None,
     effective_at: datetime | None = None,
     subscription_id: str | None = None,
+    cancellations: tuple[Cancellation, ...] = (),
 ) -> SubscriptionSpan:
     return SubscriptionSpan(
         subscription_id=subscription_id or f"sub_{family}_{created_at:%Y%m%d%H%M%S}",
@@ -57,6 +62,7 @@ def span(
         created_at=created_at,
         cancelled_at=cancelled_at,
         effective_at=effective_at,
+        cancellations=cancellations,
     )
 
 
@@ -476,3 +482,91 @@ def test_decision_invariants(referral: ReferralFacts) -> None:
         assert decision.reason is not None
         assert (decision.plan_family, decision.amount_cents) == (None, 0)
     assert isinstance(decision.amount_cents, int)
+
+
+# --- the decidability bound -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("as_of", "settle_days", "bound"),
+    [
+        (date(2027, 4, 2), 1, datetime(2027, 2, 1, 8, tzinfo=UTC)),  # PST on Feb 1
+        (date(2027, 4, 1), 0, datetime(2027, 2, 1, 8, tzinfo=UTC)),
+        (date(2027, 4, 1), 1, datetime(2027, 1, 1, 8, tzinfo=UTC)),  # Mar 31: Jan only
+        (date(2027, 7, 30), 5, datetime(2027, 5, 1, 7, tzinfo=UTC)),  # PDT
+        (date(2028, 1, 2), 1, datetime(2027, 11, 1, 7, tzinfo=UTC)),  # across the year
+    ],
+)
+def test_decidable_before_examples(as_of: date, settle_days: int, bound: datetime) -> None:
+    assert decidable_before(as_of, LA, settle_days) == bound
+
+
+def test_decidable_before_refuses_negative_settle_days() -> None:
+    with pytest.raises(ValueError, match="settle_days"):
+        decidable_before(DECIDABLE, LA, -1)
+
+
+ZONES = st.sampled_from(
+    [LA, ZoneInfo("UTC"), ZoneInfo("Pacific/Apia"), ZoneInfo("America/Santiago")]
+)
+
+
+@settings(deadline=None, max_examples=300)
+@given(
+    first_payment_at=st.datetimes(
+        min_value=datetime(2026, 1, 1), max_value=datetime(2029, 12, 31), timezones=st.just(UTC)
+    ),
+    as_of=st.dates(min_value=date(2026, 1, 1), max_value=date(2030, 6, 30)),
+    settle_days=st.integers(min_value=0, max_value=31),
+    tz=ZONES,
+)
+def test_decide_decides_exactly_the_referrals_paid_before_the_bound(
+    first_payment_at: datetime, as_of: date, settle_days: int, tz: ZoneInfo
+) -> None:
+    referral = facts(span(), first_payment_at=first_payment_at)
+    is_decided = decide(referral, as_of, tz, settle_days) is not None
+    assert is_decided == (first_payment_at < decidable_before(as_of, tz, settle_days))
+
+
+# --- several cancellations of one subscription --------------------------------------------
+
+
+def outcome(referral: ReferralFacts) -> tuple[str, str | None]:
+    decision = decided(referral)
+    return decision.outcome, decision.reason
+
+
+def test_a_subscription_without_cancellations_is_active() -> None:
+    assert outcome(facts(span())) == ("due", None)
+
+
+def test_the_earliest_effective_cancellation_known_before_eligibility_decides() -> None:
+    # Billing re-sent the cancellation with a later end: service still ended by E.
+    ends_before = Cancellation(E - 30 * DAY, E - 10 * DAY)
+    ends_after = Cancellation(E - 5 * DAY, E + 20 * DAY)
+    for order in itertools.permutations([ends_before, ends_after]):
+        assert outcome(facts(span(cancellations=order))) == (
+            "forfeited",
+            "cancelled_before_eligibility",
+        )
+
+
+def test_cancellations_recorded_at_or_after_eligibility_are_ignored() -> None:
+    backdated = Cancellation(E, E - 10 * DAY)
+    later = Cancellation(E + DAY, E - DAY)
+    known = Cancellation(E - 30 * DAY, E + 20 * DAY)
+    assert outcome(facts(span(cancellations=(backdated, later, known)))) == ("due", None)
+
+
+def test_cancellations_combine_with_the_single_cancellation_fields() -> None:
+    combined = span(
+        cancelled_at=E - 40 * DAY,
+        effective_at=E,
+        cancellations=(Cancellation(E - 3 * DAY, E + 9 * DAY),),
+    )
+    assert outcome(facts(combined)) == ("forfeited", "cancelled_before_eligibility")
+
+
+@given(referral_id=st.uuids())
+def test_payout_id_is_the_uuid5_of_any_referral(referral_id: uuid.UUID) -> None:
+    assert payout_id_for(referral_id) == uuid.uuid5(PAYOUT_NAMESPACE, f"payout:{referral_id}")

@@ -13,7 +13,12 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from payout_scheduler import store
-from payout_scheduler.core.decisions import decidable_before, decide
+from payout_scheduler.core.decisions import (
+    Cancellation,
+    SubscriptionSpan,
+    decidable_before,
+    decide,
+)
 from payout_scheduler.metrics import SchedulerMetrics
 from payout_scheduler.seed import seed
 from payout_scheduler.service import catch_up, refresh_due_soon, run_pass
@@ -238,3 +243,31 @@ async def test_a_pass_stopped_between_chunks_is_not_recorded(
 
 def test_first_key_is_below_every_uuid() -> None:
     assert UUID(int=0) == store.FIRST_KEY
+
+
+# --- lock-query rows -> spans ----------------------------------------------------------------
+
+
+def test_spans_group_the_cancellations_of_each_subscription() -> None:
+    vr, e, day = "virtual_receptionist", datetime(2027, 4, 1, 7, tzinfo=UTC), timedelta(days=1)
+    created = datetime(2027, 1, 10, tzinfo=UTC)
+    spans = store._spans(
+        [
+            ("a", vr, created, e - 9 * day, e - day),
+            ("a", vr, created, e - 8 * day, e + day),
+            ("b", "voice_assistant", created, e - 7 * day, e + 2 * day),
+            ("c", vr, created, None, None),
+        ]
+    )
+    by_id = {s.subscription_id: s for s in spans}
+    assert sorted(by_id) == ["a", "b", "c"]
+    assert set(by_id["a"].cancellations) == {
+        Cancellation(e - 9 * day, e - day),
+        Cancellation(e - 8 * day, e + day),
+    }
+    assert by_id["b"].cancellations == (Cancellation(e - 7 * day, e + 2 * day),)
+    assert by_id["c"].cancellations == ()
+    assert store._spans([]) == ()
+    assert store._spans([("d", vr, created, None, None)]) == (
+        SubscriptionSpan("d", vr, created, None, None, ()),
+    )
