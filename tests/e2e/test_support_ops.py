@@ -24,6 +24,7 @@ from payout_scheduler import support
 from payout_scheduler.core import calendar
 from referral_consumer.core import codes
 from referral_consumer.ingest import Parsed, parse_record
+from referral_consumer.plan import BatchPlan
 from referral_consumer.store import apply_batch
 from referrals import cli
 from referrals import synthetic as bill
@@ -59,7 +60,9 @@ async def feed(db: asyncpg.Connection, settings: Settings, *events: dict[str, An
         assert isinstance(result, Parsed), result
         parsed.append(result)
     async with db.transaction():
-        await apply_batch(db, parsed, [], support.outbound_for(settings), secrets.randbits)
+        await apply_batch(
+            db, BatchPlan.of(parsed), support.outbound_for(settings), secrets.randbits
+        )
 
 
 async def active_code(db: asyncpg.Connection, account: str) -> str:

@@ -137,5 +137,5 @@ async def test_parsing_yields_to_the_batch_in_flight() -> None:
     parsed = await processor.parse_interleaved(records)
     ticker.cancel()
 
-    assert len(parsed.dead) == 1000 and not parsed.parsed
+    assert len(parsed.plan.dead) == 1000 and not parsed.plan.events
     assert ticks >= 1000 // PARSE_SLICE

@@ -14,6 +14,7 @@ import structlog
 
 from referral_consumer.ingest import DeadLetter, Parsed, Record, parse_record
 from referral_consumer.metrics import ConsumerMetrics
+from referral_consumer.plan import BatchPlan
 from referral_consumer.store import BatchResult, Outbound, apply_batch
 from referral_events import DeadLetterReason
 from referrals.db import TRANSIENT_DB_ERRORS
@@ -30,12 +31,11 @@ class ShuttingDown(Exception):
 
 @dataclass
 class ParsedBatch:
-    """A batch after validation, before its transaction."""
+    """A batch after validation, planned, before its transaction."""
 
     records: Sequence[Record]
     started: float
-    parsed: list[Parsed] = field(default_factory=list)
-    dead: list[DeadLetter] = field(default_factory=list)
+    plan: BatchPlan = field(default_factory=BatchPlan)
 
 
 class BatchProcessor:
@@ -70,7 +70,8 @@ class BatchProcessor:
         self.db_healthy = True
 
     async def parse_interleaved(self, records: Sequence[Record]) -> ParsedBatch:
-        """Validate every record (pure CPU work), yielding to the loop every ``PARSE_SLICE``.
+        """Validate and plan every record (pure CPU work), yielding to the loop every
+        ``PARSE_SLICE`` records.
 
         While the previous batch's transaction is in flight, each of its
         statements waits for the loop: parsing a whole batch in one go would
@@ -80,28 +81,32 @@ class BatchProcessor:
         for start in range(0, len(records), PARSE_SLICE):
             if start:
                 await asyncio.sleep(0)
-            self._parse_into(batch, records[start : start + PARSE_SLICE])
+            self._parse_into(batch.plan, records[start : start + PARSE_SLICE])
+        await asyncio.sleep(0)
+        batch.plan.seal()
         return batch
 
-    def _parse_into(self, batch: ParsedBatch, records: Sequence[Record]) -> None:
+    def _parse_into(self, plan: BatchPlan, records: Sequence[Record]) -> None:
+        parsed = []
         for record in records:
             outcome = parse_record(record, self._topic_types, self._max_bytes)
             if isinstance(outcome, Parsed):
-                batch.parsed.append(outcome)
+                parsed.append(outcome)
             else:
-                batch.dead.append(outcome)
+                plan.dead.append(outcome)
+        plan.add(parsed)
 
     async def apply(self, batch: ParsedBatch) -> BatchResult:
         """Write a parsed batch; returns once its transaction committed."""
-        result = await self._apply_with_retry(batch.parsed, batch.dead)
+        result = await self._apply_with_retry(batch.plan)
         self._observe(result, len(batch.records), time.perf_counter() - batch.started)
         return result
 
-    async def _apply_with_retry(self, parsed: list[Parsed], dead: list[DeadLetter]) -> BatchResult:
+    async def _apply_with_retry(self, plan: BatchPlan) -> BatchResult:
         delay = 0.1
         while True:
             try:
-                result = await self._apply_isolating(parsed, dead)
+                result = await self._apply_isolating(plan)
             except TRANSIENT_DB_ERRORS as exc:
                 self.db_healthy = False
                 self._metrics.ready.set(0)
@@ -110,7 +115,7 @@ class BatchProcessor:
                     "database_unavailable_retrying",
                     error=type(exc).__name__,
                     retry_in_s=round(delay, 2),
-                    batch=len(parsed) + len(dead),
+                    batch=len(plan.events) + len(plan.repeats) + len(plan.dead),
                 )
                 try:
                     await asyncio.wait_for(self._stopping.wait(), timeout=delay)
@@ -124,12 +129,13 @@ class BatchProcessor:
             self._metrics.ready.set(1)
             return result
 
-    async def _apply_isolating(self, parsed: list[Parsed], dead: list[DeadLetter]) -> BatchResult:
+    async def _apply_isolating(self, plan: BatchPlan) -> BatchResult:
         try:
-            return await self._apply_once(parsed, dead)
+            return await self._apply_once(plan)
         except asyncpg.PostgresError as exc:
             if isinstance(exc, TRANSIENT_DB_ERRORS):
                 raise
+            parsed = plan.events + plan.repeats
             if len(parsed) <= 1:
                 # The database refuses this very event (a value it cannot store):
                 # it is bad input, so it is dead-lettered, never retried forever.
@@ -142,15 +148,15 @@ class BatchProcessor:
                     for p in parsed
                 ]
                 log.error("event_rejected_by_database", sqlstate=exc.sqlstate, count=len(parsed))
-                return await self._apply_once([], dead + rejected)
+                return await self._apply_once(BatchPlan.of([], plan.dead + rejected))
             half = len(parsed) // 2
-            first = await self._apply_isolating(parsed[:half], dead)
-            second = await self._apply_isolating(parsed[half:], [])
+            first = await self._apply_isolating(BatchPlan.of(parsed[:half], plan.dead))
+            second = await self._apply_isolating(BatchPlan.of(parsed[half:]))
             return _merge(first, second)
 
-    async def _apply_once(self, parsed: list[Parsed], dead: list[DeadLetter]) -> BatchResult:
+    async def _apply_once(self, plan: BatchPlan) -> BatchResult:
         async with self._pool.acquire() as conn, conn.transaction():
-            return await apply_batch(conn, parsed, dead, self._out, self._randbits)
+            return await apply_batch(conn, plan, self._out, self._randbits)
 
     def _observe(self, result: BatchResult, size: int, seconds: float) -> None:
         m = self._metrics

@@ -1,7 +1,8 @@
 """One batch, one transaction: inbox, facts, recomputed referrals, outbox.
 
 Every statement is set-based (arrays + ``unnest``), so a batch of thousands of
-events costs about a dozen round trips. A transaction-scoped advisory lock
+events costs about a dozen round trips; the arrays come ready-made from the
+batch's :class:`~referral_consumer.plan.BatchPlan`. A transaction-scoped advisory lock
 serialises batch transactions across consumer replicas: referral state reads
 other accounts' facts, and two concurrent recomputations could otherwise
 each miss the other's uncommitted facts.
@@ -19,24 +20,19 @@ import asyncpg
 
 from referral_consumer.core import codes
 from referral_consumer.core.referral import (
-    PUBLIC_EMAIL_DOMAINS,
     InvoiceFact,
     Referral,
     SubscriptionFact,
     attributing_subscription,
-    email_domain,
-    fingerprint_hash,
     referral_state,
 )
 from referral_consumer.ingest import DeadLetter, Parsed
+from referral_consumer.plan import BatchPlan
 from referral_events import (
-    InvoicePaid,
     ReferralCodeAssigned,
     ReferralCodeAssignedData,
     ReferralCreditEarned,
     ReferralCreditEarnedData,
-    SubscriptionCancelled,
-    SubscriptionCreated,
 )
 from referrals.db import Conn
 from referrals.outbox import OutboxMessage, enqueue
@@ -73,80 +69,67 @@ class BatchResult:
 
 
 async def apply_batch(
-    conn: Conn,
-    parsed: Sequence[Parsed],
-    dead: Sequence[DeadLetter],
-    out: Outbound,
-    randbits: Callable[[int], int],
+    conn: Conn, plan: BatchPlan, out: Outbound, randbits: Callable[[int], int]
 ) -> BatchResult:
-    """Apply a batch inside the caller's transaction; idempotent under redelivery."""
+    """Apply a planned batch inside the caller's transaction; idempotent under redelivery.
+
+    Fact rows are sent for every event of the plan, new or redelivered: each
+    table's key makes a redelivered event's rows a no-op (``on conflict do
+    nothing``), so only what follows from the events (recomputations,
+    metrics) waits for the inbox's answer.
+    """
     result = BatchResult()
     outbox: list[OutboxMessage] = []
     await conn.execute("select pg_advisory_xact_lock($1)", REFERRAL_STATE_LOCK)
 
-    fresh = await _claim_inbox(conn, parsed, result)
-    result.applied_events = fresh
-    created = [p.event for p in fresh if isinstance(p.event, SubscriptionCreated)]
-    paid = [p.event for p in fresh if isinstance(p.event, InvoicePaid)]
-    cancelled = [p.event for p in fresh if isinstance(p.event, SubscriptionCancelled)]
-
-    accounts = sorted({p.event.data.account_id for p in fresh})
-    outbox += await _assign_codes(conn, accounts, out, randbits, result)
-    await _insert_subscriptions(conn, created, result)
-    new_invoices = await _insert_invoices(conn, paid)
-    await _insert_cancellations(conn, cancelled)
+    claimed = await _claim_inbox(conn, plan, result)
+    outbox += await _assign_codes(conn, sorted(plan.accounts), out, randbits, result)
+    await _insert_subscriptions(conn, plan, result)
+    new_invoices = await _insert_invoices(conn, plan)
+    if plan.cancelled:
+        await conn.execute(_INSERT_CANCELLATIONS, *plan.cancellation_columns)
     outbox += await _legacy_credits(conn, new_invoices, out, result)
-    touched = sorted(
-        {e.data.account_id for e in created} | await _payments_that_matter(conn, new_invoices)
-    )
-    # A referrer's new subscription changes its referees only through what the
-    # eligibility rules compare (organization, payment method, private domain).
-    referrers_changed = sorted(
-        {
-            e.data.account_id
-            for e in created
-            if e.data.customer.organization_id
-            or e.data.customer.payment_fingerprint
-            or _private_domain_of(e.data.customer.email)
-        }
-    )
+    created = plan.created
+    fresh = [
+        (account, compared)
+        for account, event_id, compared in zip(
+            created.account_id, created.event_id, created.compared, strict=True
+        )
+        if event_id in claimed
+    ]
+    touched = sorted({a for a, _ in fresh} | await _payments_that_matter(conn, new_invoices))
+    referrers_changed = sorted({a for a, compared in fresh if compared})
     await recompute_referrals(conn, touched, referrers_changed, result)
-    outbox += await _dead_letters(conn, dead, out, result)
+    outbox += await _dead_letters(conn, plan.dead, out, result)
     await enqueue(conn, outbox)
     return result
 
 
-async def _claim_inbox(conn: Conn, parsed: Sequence[Parsed], result: BatchResult) -> list[Parsed]:
-    unique: dict[uuid.UUID, Parsed] = {}
-    for p in parsed:
-        if p.event.event_id in unique:
-            result.duplicates[(p.record.topic, p.event.event_type)] += 1
-        else:
-            unique[p.event.event_id] = p
-    if not unique:
-        return []
-    items = list(unique.values())
+async def _claim_inbox(conn: Conn, plan: BatchPlan, result: BatchResult) -> set[uuid.UUID]:
+    """Insert the inbox rows; returns the ids of the events applied for the first time."""
+    for p in plan.repeats:
+        result.duplicates[(p.record.topic, p.event.event_type)] += 1
+    if not plan.events:
+        return set()
     rows = await conn.fetch(
         """insert into inbox (event_id, event_type, topic, "partition", "offset")
            select * from unnest($1::uuid[], $2::text[], $3::text[], $4::int[], $5::bigint[])
            on conflict do nothing
            returning event_id""",
-        [p.event.event_id for p in items],
-        [p.event.event_type for p in items],
-        [p.record.topic for p in items],
-        [p.record.partition for p in items],
-        [p.record.offset for p in items],
+        *plan.inbox_columns,
     )
-    claimed = {r["event_id"] for r in rows}
+    claimed = {r[0] for r in rows}
+    applied, duplicates = result.applied, result.duplicates
     fresh = []
-    for p in items:
+    for p in plan.events:
         key = (p.record.topic, p.event.event_type)
         if p.event.event_id in claimed:
             fresh.append(p)
-            result.applied[key] += 1
+            applied[key] += 1
         else:
-            result.duplicates[key] += 1
-    return fresh
+            duplicates[key] += 1
+    result.applied_events = fresh
+    return claimed
 
 
 async def _assign_codes(
@@ -199,71 +182,49 @@ def code_assigned_message(
     return OutboxMessage(out.code_assigned, account_id.encode(), event.model_dump_json().encode())
 
 
-async def _insert_subscriptions(
-    conn: Conn, created: list[SubscriptionCreated], result: BatchResult
-) -> None:
-    if not created:
+# The code is resolved here, under the batch lock: 'unknown' covers a malformed code and
+# one nobody owns; an alias still attributes to its owner, a revoked code to nobody.
+_INSERT_SUBSCRIPTIONS = """
+with inserted as (
+    insert into subscriptions (subscription_id, account_id, event_id, created_at, plan_family,
+        plan_id, currency, first_time_client, referral_code, code_outcome, referrer_account_id,
+        email_domain, organization_id, payment_fingerprint_hash)
+    select s.subscription_id, s.account_id, s.event_id, s.created_at, s.plan_family, s.plan_id,
+           s.currency, s.first_time_client, s.referral_code,
+           case when s.code_state = 'none' then 'none'
+                when c.status is null then 'unknown'
+                when c.status = 'revoked' then 'revoked'
+                else 'known' end,
+           case when c.status <> 'revoked' then c.account_id end,
+           s.email_domain, s.organization_id, s.payment_fingerprint_hash
+    from unnest($1::text[], $2::text[], $3::uuid[], $4::timestamptz[], $5::text[], $6::text[],
+                $7::text[], $8::bool[], $9::text[], $10::text[], $11::text[], $12::text[],
+                $13::text[])
+         as s(subscription_id, account_id, event_id, created_at, plan_family, plan_id, currency,
+              first_time_client, referral_code, code_state, email_domain, organization_id,
+              payment_fingerprint_hash)
+    left join referral_codes c on c.code = s.referral_code
+    on conflict do nothing
+    returning code_outcome, referral_code
+)
+select case when code_outcome = 'revoked' then 'revoked'
+            when referral_code is null then 'malformed'
+            else 'unknown' end as kind,
+       count(*) as n
+from inserted where code_outcome in ('unknown', 'revoked') group by 1
+"""
+
+
+async def _insert_subscriptions(conn: Conn, plan: BatchPlan, result: BatchResult) -> None:
+    """Insert the new subscriptions, each with its code's outcome; counts codes that attribute nothing."""
+    if not plan.created.event_id:
         return
-    given = {e.event_id: codes.try_normalise(e.data.referral_code) for e in created}
-    wanted = sorted({c for c in given.values() if c})
-    known: dict[str, tuple[str, str]] = {}
-    if wanted:
-        for row in await conn.fetch(
-            """select c.code, c.account_id, c.status
-               from unnest($1::text[]) as w(code) join referral_codes c using (code)""",
-            wanted,
-        ):
-            known[row["code"]] = (row["account_id"], row["status"])
-    outcome: list[str] = []
-    referrer: list[str | None] = []
-    for e in created:
-        code = given[e.event_id]
-        owner = known.get(code) if code else None
-        if e.data.referral_code is None or not e.data.referral_code.strip():
-            outcome.append("none")
-            referrer.append(None)
-        elif code is None:
-            outcome.append("unknown")
-            referrer.append(None)
-            result.unknown_codes["malformed"] += 1
-        elif owner is None:
-            outcome.append("unknown")
-            referrer.append(None)
-            result.unknown_codes["unknown"] += 1
-        elif owner[1] == "revoked":
-            outcome.append("revoked")
-            referrer.append(None)
-            result.unknown_codes["revoked"] += 1
-        else:
-            outcome.append("known")
-            referrer.append(owner[0])
-    await conn.execute(
-        """insert into subscriptions (subscription_id, account_id, event_id, created_at,
-               plan_family, plan_id, currency, first_time_client, referral_code, code_outcome,
-               referrer_account_id, email_domain, organization_id, payment_fingerprint_hash)
-           select * from unnest($1::text[], $2::text[], $3::uuid[], $4::timestamptz[],
-               $5::text[], $6::text[], $7::text[], $8::bool[], $9::text[], $10::text[],
-               $11::text[], $12::text[], $13::text[], $14::text[])
-           on conflict do nothing""",
-        [e.data.subscription_id for e in created],
-        [e.data.account_id for e in created],
-        [e.event_id for e in created],
-        [e.occurred_at for e in created],
-        [e.data.plan_family for e in created],
-        [e.data.plan_id for e in created],
-        [e.data.currency for e in created],
-        [e.data.first_time_client for e in created],
-        [given[e.event_id] for e in created],
-        outcome,
-        referrer,
-        [email_domain(e.data.customer.email) for e in created],
-        [e.data.customer.organization_id for e in created],
-        [fingerprint_hash(e.data.customer.payment_fingerprint) for e in created],
-    )
+    for kind, n in await conn.fetch(_INSERT_SUBSCRIPTIONS, *plan.created.arrays()):
+        result.unknown_codes[kind] += n
 
 
-async def _insert_invoices(conn: Conn, paid: list[InvoicePaid]) -> list[asyncpg.Record]:
-    if not paid:
+async def _insert_invoices(conn: Conn, plan: BatchPlan) -> list[asyncpg.Record]:
+    if not plan.paid:
         return []
     return await conn.fetch(
         """insert into invoices (invoice_id, account_id, subscription_id, event_id, paid_at,
@@ -272,33 +233,17 @@ async def _insert_invoices(conn: Conn, paid: list[InvoicePaid]) -> list[asyncpg.
                $5::timestamptz[], $6::bigint[], $7::bigint[], $8::text[])
            on conflict do nothing
            returning invoice_id, account_id, amount_paid_cents, paid_at""",
-        [e.data.invoice_id for e in paid],
-        [e.data.account_id for e in paid],
-        [e.data.subscription_id for e in paid],
-        [e.event_id for e in paid],
-        [e.occurred_at for e in paid],
-        [e.data.amount_paid_cents for e in paid],
-        [e.data.discount_cents for e in paid],
-        [e.data.currency for e in paid],
+        *plan.invoice_columns,
     )
 
 
-async def _insert_cancellations(conn: Conn, cancelled: list[SubscriptionCancelled]) -> None:
-    if not cancelled:
-        return
-    await conn.execute(
-        """insert into cancellations (event_id, subscription_id, account_id, cancelled_at,
-               effective_at, reason)
-           select * from unnest($1::uuid[], $2::text[], $3::text[], $4::timestamptz[],
-               $5::timestamptz[], $6::text[])
-           on conflict do nothing""",
-        [e.event_id for e in cancelled],
-        [e.data.subscription_id for e in cancelled],
-        [e.data.account_id for e in cancelled],
-        [e.occurred_at for e in cancelled],
-        [e.data.effective_at for e in cancelled],
-        [e.data.reason for e in cancelled],
-    )
+_INSERT_CANCELLATIONS = """
+insert into cancellations (event_id, subscription_id, account_id, cancelled_at, effective_at,
+    reason)
+select * from unnest($1::uuid[], $2::text[], $3::text[], $4::timestamptz[], $5::timestamptz[],
+    $6::text[])
+on conflict do nothing
+"""
 
 
 _LEGACY_CREDITS = """
@@ -376,11 +321,6 @@ async def _payments_that_matter(conn: Conn, new_invoices: list[asyncpg.Record]) 
         ):
             matter.add(invoice["account_id"])
     return matter
-
-
-def _private_domain_of(email: str | None) -> bool:
-    domain = email_domain(email)
-    return domain is not None and domain not in PUBLIC_EMAIL_DOMAINS
 
 
 # Joins on unnest() rather than `= any(array)`: with thousands of ids per batch

@@ -1,0 +1,170 @@
+"""A batch's writes, worked out before its transaction opens.
+
+Pure (no I/O): everything about a batch that does not depend on what the
+database holds -- intra-batch duplicates, the inbox rows, the column arrays of
+every fact table, the code each ``subscription.created`` carries in normal
+form -- is computed here, while the previous batch's transaction is still
+running. The transaction then only sends these arrays and does the little
+that needs the database's answers (which events are new, who owns a code,
+which referrals to recompute), so Postgres is not kept waiting on Python.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from referral_consumer.core import codes
+from referral_consumer.core.referral import PUBLIC_EMAIL_DOMAINS, email_domain, fingerprint_hash
+from referral_consumer.ingest import DeadLetter, Parsed
+from referral_events import InvoicePaid, SubscriptionCancelled, SubscriptionCreated
+
+#: ``subscriptions.code_state`` of a sign-up without a code, with one that cannot be a code
+#: (see ``codes.try_normalise``), and with a well-formed one to look up.
+NO_CODE, MALFORMED_CODE, CODE = "none", "malformed", "code"
+
+
+@dataclass
+class SubscriptionColumns:
+    """Column arrays of the ``subscription.created`` events of a batch (one entry per event)."""
+
+    subscription_id: list[str] = field(default_factory=list)
+    account_id: list[str] = field(default_factory=list)
+    event_id: list[uuid.UUID] = field(default_factory=list)
+    created_at: list[datetime] = field(default_factory=list)
+    plan_family: list[str] = field(default_factory=list)
+    plan_id: list[str] = field(default_factory=list)
+    currency: list[str] = field(default_factory=list)
+    first_time_client: list[bool] = field(default_factory=list)
+    referral_code: list[str | None] = field(default_factory=list)  # normal form
+    code_state: list[str] = field(default_factory=list)
+    email_domain: list[str | None] = field(default_factory=list)
+    organization_id: list[str | None] = field(default_factory=list)
+    payment_fingerprint_hash: list[str | None] = field(default_factory=list)
+    #: The referrer-side facts the eligibility rules compare are present.
+    compared: list[bool] = field(default_factory=list)
+
+    def add(self, e: SubscriptionCreated) -> None:
+        d = e.data
+        customer = d.customer
+        given = d.referral_code
+        code = codes.try_normalise(given)
+        domain = email_domain(customer.email)
+        self.subscription_id.append(d.subscription_id)
+        self.account_id.append(d.account_id)
+        self.event_id.append(e.event_id)
+        self.created_at.append(e.occurred_at)
+        self.plan_family.append(d.plan_family)
+        self.plan_id.append(d.plan_id)
+        self.currency.append(d.currency)
+        self.first_time_client.append(d.first_time_client)
+        self.referral_code.append(code)
+        self.code_state.append(
+            NO_CODE if given is None or not given.strip() else CODE if code else MALFORMED_CODE
+        )
+        self.email_domain.append(domain)
+        self.organization_id.append(customer.organization_id)
+        self.payment_fingerprint_hash.append(fingerprint_hash(customer.payment_fingerprint))
+        # A referrer's new subscription changes its referees only through what the
+        # eligibility rules compare (organization, payment method, private domain).
+        self.compared.append(
+            bool(customer.organization_id or customer.payment_fingerprint)
+            or (domain is not None and domain not in PUBLIC_EMAIL_DOMAINS)
+        )
+
+    def arrays(self) -> tuple[list[Any], ...]:
+        """The statement's parameters, in ``store._INSERT_SUBSCRIPTIONS`` order."""
+        return (
+            self.subscription_id,
+            self.account_id,
+            self.event_id,
+            self.created_at,
+            self.plan_family,
+            self.plan_id,
+            self.currency,
+            self.first_time_client,
+            self.referral_code,
+            self.code_state,
+            self.email_domain,
+            self.organization_id,
+            self.payment_fingerprint_hash,
+        )
+
+
+@dataclass
+class BatchPlan:
+    """What a batch will write, before any of it is written.
+
+    ``events`` holds the first delivery of each event id in the batch, in batch
+    order; ``repeats`` the later copies (duplicates within the batch).
+    """
+
+    events: list[Parsed] = field(default_factory=list)
+    repeats: list[Parsed] = field(default_factory=list)
+    dead: list[DeadLetter] = field(default_factory=list)
+    accounts: set[str] = field(default_factory=set)
+    created: SubscriptionColumns = field(default_factory=SubscriptionColumns)
+    paid: list[InvoicePaid] = field(default_factory=list)
+    cancelled: list[SubscriptionCancelled] = field(default_factory=list)
+    #: Set by :meth:`seal`, in the order of the statements in ``store``.
+    inbox_columns: tuple[list[Any], ...] = ()
+    invoice_columns: tuple[list[Any], ...] = ()
+    cancellation_columns: tuple[list[Any], ...] = ()
+    _seen: set[uuid.UUID] = field(default_factory=set, repr=False)
+
+    @classmethod
+    def of(cls, parsed: Iterable[Parsed], dead: Iterable[DeadLetter] = ()) -> BatchPlan:
+        plan = cls()
+        plan.add(parsed)
+        plan.dead.extend(dead)
+        return plan.seal()
+
+    def add(self, parsed: Iterable[Parsed]) -> None:
+        """Plan more events of the batch (called slice by slice, in batch order)."""
+        for p in parsed:
+            event = p.event
+            if event.event_id in self._seen:
+                self.repeats.append(p)
+                continue
+            self._seen.add(event.event_id)
+            self.events.append(p)
+            self.accounts.add(event.data.account_id)
+            if isinstance(event, InvoicePaid):
+                self.paid.append(event)
+            elif isinstance(event, SubscriptionCreated):
+                self.created.add(event)
+            else:
+                self.cancelled.append(event)
+
+    def seal(self) -> BatchPlan:
+        """Build the remaining column arrays once every slice is added."""
+        events, paid, cancelled = self.events, self.paid, self.cancelled
+        self.inbox_columns = (
+            [p.event.event_id for p in events],
+            [p.event.event_type for p in events],
+            [p.record.topic for p in events],
+            [p.record.partition for p in events],
+            [p.record.offset for p in events],
+        )
+        self.invoice_columns = (
+            [e.data.invoice_id for e in paid],
+            [e.data.account_id for e in paid],
+            [e.data.subscription_id for e in paid],
+            [e.event_id for e in paid],
+            [e.occurred_at for e in paid],
+            [e.data.amount_paid_cents for e in paid],
+            [e.data.discount_cents for e in paid],
+            [e.data.currency for e in paid],
+        )
+        self.cancellation_columns = (
+            [e.event_id for e in cancelled],
+            [e.data.subscription_id for e in cancelled],
+            [e.data.account_id for e in cancelled],
+            [e.occurred_at for e in cancelled],
+            [e.data.effective_at for e in cancelled],
+            [e.data.reason for e in cancelled],
+        )
+        return self
