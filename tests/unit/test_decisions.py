@@ -6,7 +6,6 @@ first instant is 2027-04-01T07:00Z (PDT), pay_by 2027-04-21, decidable from 2027
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import uuid
 from datetime import UTC, date, datetime, timedelta
@@ -86,7 +85,7 @@ def facts(*subscriptions: SubscriptionSpan, **changes: object) -> ReferralFacts:
         payee=None,
         subscriptions=subscriptions,
     )
-    return dataclasses.replace(base, **changes)  # type: ignore[arg-type]
+    return base._replace(**changes)
 
 
 def decided(referral: ReferralFacts, as_of: date = DECIDABLE) -> Decision:
@@ -324,7 +323,7 @@ def test_decision_dates(
     first_decidable: date,
 ) -> None:
     referral = facts(span(VR, created_at=first_payment_at - timedelta(days=1)))
-    referral = dataclasses.replace(referral, first_payment_at=first_payment_at)
+    referral = referral._replace(first_payment_at=first_payment_at)
     assert decide(referral, first_decidable - timedelta(days=1), LA) is None
     decision = decided(referral, first_decidable)
     assert (decision.eligible_on, decision.pay_by) == (expected_eligible_on, expected_pay_by)
@@ -403,7 +402,7 @@ def test_decision_does_not_depend_on_subscription_order(
     shuffled = data.draw(st.permutations(referral.subscriptions))
     as_of = first_decidable_day(referral)
     assert decide(referral, as_of, LA) == decide(
-        dataclasses.replace(referral, subscriptions=tuple(shuffled)), as_of, LA
+        referral._replace(subscriptions=tuple(shuffled)), as_of, LA
     )
 
 
@@ -448,9 +447,7 @@ def test_facts_from_eligible_on_onwards_change_nothing(
     )
     # Cancel every not-yet-cancelled subscription at or after the instant (even backdated)...
     changed = [
-        dataclasses.replace(
-            sub, cancelled_at=(at := data.draw(later)), effective_at=at - timedelta(days=30)
-        )
+        sub._replace(cancelled_at=(at := data.draw(later)), effective_at=at - timedelta(days=30))
         if sub.cancelled_at is None
         else sub
         for sub in referral.subscriptions
@@ -462,7 +459,7 @@ def test_facts_from_eligible_on_onwards_change_nothing(
     ]
     as_of = first_decidable_day(referral)
     assert decide(referral, as_of, LA) == decide(
-        dataclasses.replace(referral, subscriptions=tuple(changed)), as_of, LA
+        referral._replace(subscriptions=tuple(changed)), as_of, LA
     )
 
 
