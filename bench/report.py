@@ -538,6 +538,8 @@ def markdown(results: dict[str, Any], png: str) -> str:
         "(consumer, latency, memory, scheduler)",
         ".venv/bin/python -m bench.run --strict      # exit 2 when a target is missed",
         ".venv/bin/python -m bench.run --only consumer --profile  # py-spy the consumer's drain",
+        ".venv/bin/python -m bench.replay --overlap  # the consumer's batch path, no broker "
+        "(A/B one setting)",
         "```",
         "",
         "Exit status: 0 when every correctness check passed (missed performance targets "
