@@ -5,8 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import json
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 from prometheus_client import CollectorRegistry
 
@@ -14,17 +13,7 @@ from referral_consumer.main import TRACKED_PER_RECORD, young_generation_size
 from referral_consumer.metrics import ConsumerMetrics
 from referral_consumer.processor import BatchProcessor
 from referrals import synthetic as bill
-
-T = datetime(2027, 1, 17, 15, 4, 5, tzinfo=UTC)
-
-
-@dataclass(frozen=True)
-class Rec:
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes | None
+from tests.unit.records import TOPICS, Rec, T
 
 
 def test_a_parsed_batch_holds_no_more_tracked_objects_per_record_than_budgeted() -> None:
@@ -32,9 +21,6 @@ def test_a_parsed_batch_holds_no_more_tracked_objects_per_record_than_budgeted()
     records = [
         Rec(
             "created",
-            0,
-            n,
-            b"k",
             json.dumps(
                 bill.subscription_created(
                     f"A{n}",
@@ -47,12 +33,13 @@ def test_a_parsed_batch_holds_no_more_tracked_objects_per_record_than_budgeted()
                     payment_fingerprint=f"fp-{n}",
                 )
             ).encode(),
+            offset=n,
         )
         for n in range(2000)
     ]
     processor = BatchProcessor(
         None,  # type: ignore[arg-type]
-        {"created": "subscription.created"},
+        TOPICS,
         None,  # type: ignore[arg-type]
         ConsumerMetrics(CollectorRegistry()),
         asyncio.Event(),

@@ -3,29 +3,12 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
-from datetime import UTC, datetime
 
 import pytest
 
 from referral_consumer.ingest import DeadLetter, Parsed, parse_record
 from referrals import synthetic as bill
-
-TOPICS = {
-    "created": "subscription.created",
-    "paid": "invoice.paid",
-    "cancelled": "subscription.cancelled",
-}
-T = datetime(2027, 1, 17, 15, 4, 5, tzinfo=UTC)
-
-
-@dataclass(frozen=True)
-class Rec:
-    topic: str
-    value: bytes | None
-    partition: int = 0
-    offset: int = 0
-    key: bytes | None = b"acct"
+from tests.unit.records import TOPICS, Rec, T
 
 
 def parse(topic: str, value: bytes | None, limit: int = 65536) -> Parsed | DeadLetter:

@@ -2,39 +2,9 @@
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass
-from datetime import UTC, datetime
-from typing import Any
-
-from referral_consumer.ingest import Parsed, parse_record
 from referral_consumer.plan import CODE, MALFORMED_CODE, NO_CODE, BatchPlan
 from referrals import synthetic as bill
-
-TOPICS = {
-    "created": "subscription.created",
-    "paid": "invoice.paid",
-    "cancelled": "subscription.cancelled",
-}
-T = datetime(2027, 1, 17, 15, 4, 5, tzinfo=UTC)
-
-
-@dataclass(frozen=True)
-class Rec:
-    topic: str
-    value: bytes
-    offset: int
-    partition: int = 0
-    key: bytes | None = b"acct"
-
-
-def parsed(*events: tuple[str, dict[str, Any]]) -> list[Parsed]:
-    out = []
-    for offset, (topic, event) in enumerate(events):
-        p = parse_record(Rec(topic, json.dumps(event).encode(), offset), TOPICS, 65536)
-        assert isinstance(p, Parsed), p
-        out.append(p)
-    return out
+from tests.unit.records import T, parsed
 
 
 def test_each_event_id_is_planned_once_and_later_copies_are_repeats() -> None:
