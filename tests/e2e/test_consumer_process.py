@@ -94,6 +94,14 @@ async def test_probes_metrics_sigterm_and_logs(
             assert line in metrics, line
         assert "referrals_consumer_lag{" in metrics
         assert "referrals_consumer_batch_duration_seconds_bucket" in metrics
+        # saturation: the process's memory and CPU, and the cyclic collector's runs
+        rss = [
+            line
+            for line in metrics.splitlines()
+            if line.startswith("process_resident_memory_bytes ")
+        ]
+        assert rss and float(rss[0].split()[1]) > 10e6
+        assert 'python_gc_collections_total{generation="0"}' in metrics
 
         # the read API is served by the same process
         code = await db.fetchval("select code from referral_codes where account_id = 'acct-7'")

@@ -285,6 +285,8 @@ async def test_scheduler_process_probes_metrics_and_sigterm(
         status, text = await asyncio.to_thread(_get, port, "/metrics")
         assert status == 200
         samples = dict(_samples(text))
+        assert samples[("process_resident_memory_bytes", ())] > 10e6
+        assert samples[("process_cpu_seconds_total", ())] > 0
         cash = await db.fetchval("select sum(amount_cents) from payouts where outcome = 'due'")
         assert (
             samples[("referrals_scheduler_decisions_total", (("outcome", "due"), ("reason", "")))]

@@ -111,14 +111,26 @@ def test_business_day_horizon(today: date, n: int, expected: date) -> None:
     assert business_day_horizon(today, n) == expected
 
 
+def test_a_month_can_have_fewer_than_19_business_days() -> None:
+    assert nth_business_day(date(2031, 11, 1), 18) == date(2031, 11, 28)
+    with pytest.raises(ValueError, match="2031-11 has fewer than 19 business days"):
+        nth_business_day(date(2031, 11, 1), 19)
+
+
 def test_business_day_horizon_rejects_negative_n() -> None:
     with pytest.raises(ValueError):
         business_day_horizon(date(2027, 4, 1), -1)
 
 
 @settings(deadline=None)
-@given(month_start=months, n=st.integers(min_value=1, max_value=19))
+@given(month_start=months, n=st.integers(min_value=1, max_value=23))
 def test_nth_business_day_is_the_nth_business_day_of_its_month(month_start: date, n: int) -> None:
+    month_days = [month_start + timedelta(days=i) for i in range(31)]
+    in_month = sum(is_business_day(d) for d in month_days if d.month == month_start.month)
+    if n > in_month:  # e.g. November 2031: 18 (a Saturday 1st, Veterans Day, Thanksgiving)
+        with pytest.raises(ValueError, match="fewer than"):
+            nth_business_day(month_start, n)
+        return
     day = nth_business_day(month_start, n)
     assert (day.year, day.month) == (month_start.year, month_start.month)
     assert is_business_day(day)

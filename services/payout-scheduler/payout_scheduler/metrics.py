@@ -5,6 +5,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from referrals.outbox import OutboxMetrics
+from referrals.process_metrics import register_process_metrics
 
 
 class SchedulerMetrics:
@@ -13,6 +14,7 @@ class SchedulerMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
         registry = self.registry
+        register_process_metrics(registry)
         self.decisions = Counter(
             "referrals_scheduler_decisions",
             "Payout decisions recorded, by outcome (due/forfeited/ineligible) and reason",

@@ -5,11 +5,13 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from referrals.outbox import OutboxMetrics
+from referrals.process_metrics import register_process_metrics
 
 
 class ConsumerMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
+        register_process_metrics(registry)
         self.events = Counter(
             "referrals_consumer_events",
             "Consumed messages by outcome: applied + duplicate + dead_lettered = consumed",
