@@ -28,34 +28,32 @@ DASHBOARD = GRAFANA / "referrals-dashboard.json"
 K8S = DEPLOY / "k8s"
 README = DEPLOY / "README.md"
 
-COUNTERS = {
-    "referrals_consumer_events_total",
-    "referrals_consumer_dead_letters_total",
-    "referrals_consumer_attributions_total",
-    "referrals_consumer_unknown_codes_total",
-    "referrals_consumer_db_retries_total",
-    "referrals_consumer_commit_failures_total",
-    "referrals_consumer_rebalances_total",
-    "referrals_outbox_published_total",
-    "referrals_outbox_publish_failures_total",
-    "referrals_scheduler_decisions_total",
-    "referrals_scheduler_cash_due_cents_total",
-}
-GAUGES = {
-    "referrals_consumer_lag",
-    "referrals_consumer_assigned_partitions",
-    "referrals_consumer_ready",
-    "referrals_outbox_backlog",
-    "referrals_outbox_oldest_age_seconds",
-    "referrals_scheduler_last_success_timestamp_seconds",
-    "referrals_scheduler_due_soon",
-}
-HISTOGRAMS = {
-    "referrals_consumer_batch_size",
-    "referrals_consumer_batch_duration_seconds",
-    "referrals_consumer_event_age_seconds",
-    "referrals_scheduler_pass_duration_seconds",
-}
+
+def _exported() -> tuple[set[str], set[str]]:
+    """(series names, histogram names) on the services' own registries, as /metrics shows them.
+
+    Read off the real ``ConsumerMetrics`` and ``SchedulerMetrics``, so a metric
+    renamed or dropped in the code fails the dashboard and alert checks here.
+    """
+    from prometheus_client import CollectorRegistry
+
+    from payout_scheduler.metrics import SchedulerMetrics
+    from referral_consumer.metrics import ConsumerMetrics
+
+    series: set[str] = set()
+    histograms: set[str] = set()
+    for registry in (ConsumerMetrics(CollectorRegistry()).registry, SchedulerMetrics().registry):
+        for family in registry.collect():
+            if family.type == "histogram":
+                histograms.add(family.name)
+            elif family.type == "counter":
+                series.add(f"{family.name}_total")
+            else:
+                series.add(family.name)
+    return series, histograms
+
+
+SERIES, HISTOGRAMS = _exported()
 HISTOGRAM_SERIES_SUFFIXES = ("_bucket", "_sum", "_count")
 
 #: Every key the ConfigMap may hold, with the value it must have where it is fixed.
@@ -92,7 +90,7 @@ SERVICES = {
 IMAGE = "referral-rewards:latest"
 HTTP_PORT = 8080
 
-_METRIC_TOKEN = re.compile(r"(?<![A-Za-z0-9_:])referrals_[a-z0-9_]+")
+_METRIC_TOKEN = re.compile(r"(?<![A-Za-z0-9_:])(?:referrals|process|python)_[a-z0-9_]+")
 _GRAFANA_MACROS = re.compile(
     r"\$__(rate_interval|interval|range)\b|\$\{__(rate_interval|interval|range)\}"
 )
@@ -144,7 +142,7 @@ def _unknown_metrics(expr: str) -> set[str]:
     """Metric names in a PromQL expression that the services do not export."""
     unknown = set()
     for token in _METRIC_TOKEN.findall(expr):
-        if token in COUNTERS or token in GAUGES:
+        if token in SERIES:
             continue
         base, suffix = _split_histogram_suffix(token)
         if suffix and base in HISTOGRAMS:
@@ -328,6 +326,8 @@ def test_dashboard_covers_the_golden_signals_and_payouts() -> None:
         "referrals_scheduler_cash_due_cents_total",
         "referrals_scheduler_last_success_timestamp_seconds",
         "referrals_scheduler_due_soon",
+        "process_resident_memory_bytes",
+        "process_cpu_seconds_total",
     ):
         assert needed in used, f"the dashboard never shows {needed}"
 
