@@ -15,23 +15,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import gc
 import json
 import logging
-import os
-import shutil
-import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterator
-from pathlib import Path
 from typing import NamedTuple
 
 import structlog
 from prometheus_client import CollectorRegistry
 
-from bench.stack import partition_of
+from bench.stack import embedded_stack, partition_of
 from bench.stream import generate, referrer_events
 from referral_consumer.core.codes import display
 from referral_consumer.main import young_generation_size
@@ -87,8 +81,8 @@ class _CollectorClock:
 
 
 async def replay(events: int, batch: int, overlap: bool, gc_young: int) -> None:
-    with _embedded_postgres() as server_uri:
-        url = await devstack.create_database(server_uri, "replay")
+    with embedded_stack() as stack:  # the broker idles: records are fed in-process
+        url = await devstack.create_database(stack.server_uri, "replay")
         pool = await create_pool(url)
         processor = BatchProcessor(
             pool,
@@ -143,17 +137,6 @@ async def replay(events: int, batch: int, overlap: bool, gc_young: int) -> None:
         )
         if inbox != expected:
             raise SystemExit(f"inbox holds {inbox} events, expected {expected}")
-
-
-@contextlib.contextmanager
-def _embedded_postgres() -> Iterator[str]:
-    os.environ.setdefault("XDG_RUNTIME_DIR", tempfile.mkdtemp(prefix="xdg-"))
-    root = Path(tempfile.mkdtemp(prefix="referrals-replay-"))
-    try:
-        yield devstack.start_postgres(root / "pgdata")
-    finally:
-        devstack.stop_postgres(root / "pgdata")
-        shutil.rmtree(root, ignore_errors=True)
 
 
 def main() -> None:

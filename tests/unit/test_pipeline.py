@@ -12,15 +12,7 @@ from prometheus_client import CollectorRegistry
 from referral_consumer.metrics import ConsumerMetrics
 from referral_consumer.pipeline import BatchPipeline, first_offsets, next_offsets
 from referral_consumer.processor import PARSE_SLICE, BatchProcessor, ParsedBatch
-
-
-@dataclass(frozen=True)
-class Rec:
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None = None
-    value: bytes | None = None
+from tests.unit.records import Rec
 
 
 @dataclass
@@ -65,7 +57,7 @@ class FakeProcessor:
 
 
 def batch(*coords: tuple[int, int]) -> tuple[Rec, ...]:
-    return tuple(Rec("t", p, o) for p, o in coords)
+    return tuple(Rec("t", None, partition=p, offset=o) for p, o in coords)
 
 
 def test_offsets() -> None:
@@ -123,7 +115,7 @@ async def test_parsing_yields_to_the_batch_in_flight() -> None:
         asyncio.Event(),
         max_message_bytes=65536,
     )
-    records = [Rec("billing.invoice.paid", 0, n, b"k", b'{"not": "an event"}') for n in range(1000)]
+    records = [Rec("billing.invoice.paid", b'{"not": "an event"}', offset=n) for n in range(1000)]
     ticks = 0
 
     async def other_work() -> None:

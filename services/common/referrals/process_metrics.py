@@ -12,6 +12,7 @@ from prometheus_client import CollectorRegistry, GCCollector, ProcessCollector
 
 
 def register_process_metrics(registry: CollectorRegistry) -> None:
-    """``process_*`` (CPU seconds, resident memory, open fds) and ``python_gc_*`` on ``registry``."""
+    """Put ``process_*`` (CPU seconds, resident memory, open fds) and ``python_gc_*`` on
+    ``registry``."""
     ProcessCollector(registry=registry)
     GCCollector(registry=registry)

@@ -216,7 +216,10 @@ from inserted where code_outcome in ('unknown', 'revoked') group by 1
 
 
 async def _insert_subscriptions(conn: Conn, plan: BatchPlan, result: BatchResult) -> None:
-    """Insert the new subscriptions, each with its code's outcome; counts codes that attribute nothing."""
+    """Insert the new subscriptions, each with its code's outcome.
+
+    Counts the codes that attribute nothing, among the rows inserted now.
+    """
     if not plan.created.event_id:
         return
     for kind, n in await conn.fetch(_INSERT_SUBSCRIPTIONS, *plan.created.arrays()):
