@@ -82,6 +82,9 @@ for update of r skip locked
 # already recorded (the primary key conflict) is neither replaced nor announced
 # twice. Columns the decision copies from the referral come from the row itself;
 # the message key is the referrer account, as ``OutboxMessage.key`` would encode it.
+# The arrays are unnested in select lists, which stream them; an unnest in FROM is
+# materialised first, and a chunk's payloads then spilled to a temporary file and
+# were sorted for a merge join. The recorded ids are probed through a hash instead.
 _RECORD_DECISIONS = """
 with recorded as (
     insert into payouts (referral_id, payout_id, outcome, reason, referrer_account_id,
@@ -89,21 +92,22 @@ with recorded as (
         eligible_on, pay_by, as_of)
     select d.referral_id, d.payout_id, d.outcome, d.reason, r.referrer_account_id,
            r.referee_account_id, d.payee, d.plan_family, d.amount_cents, r.currency,
-           r.first_payment_at, d.eligible_on, d.pay_by, $11::date
-    from unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[],
-        $7::bigint[], $8::date[], $9::date[])
-        as d(referral_id, payout_id, outcome, reason, payee, plan_family, amount_cents,
-             eligible_on, pay_by)
+           r.first_payment_at, d.eligible_on, d.pay_by, $10::date
+    from (select unnest($1::uuid[]) as referral_id, unnest($2::uuid[]) as payout_id,
+                 unnest($3::text[]) as outcome, unnest($4::text[]) as reason,
+                 unnest($5::text[]) as payee, unnest($6::text[]) as plan_family,
+                 unnest($7::bigint[]) as amount_cents, unnest($8::date[]) as eligible_on,
+                 unnest($9::date[]) as pay_by) as d
     join referrals r on r.referral_id = d.referral_id
     on conflict do nothing
-    returning referral_id, referrer_account_id
+    returning referral_id
 ),
 announced as (
     insert into outbox (topic, key, payload)
-    select $12::text, convert_to(rec.referrer_account_id, 'UTF8'), m.message
-    from unnest($1::uuid[], $10::bytea[]) as m(referral_id, message)
-    join recorded rec on rec.referral_id = m.referral_id
-    where m.message is not null
+    select $11::text, convert_to(m.key, 'UTF8'), m.message
+    from (select unnest($12::uuid[]) as referral_id, unnest($13::text[]) as key,
+                 unnest($14::bytea[]) as message) as m
+    where m.referral_id in (select referral_id from recorded)
 )
 select referral_id from recorded
 """
@@ -220,6 +224,7 @@ async def record_decisions(
     if not decided:
         return set()
     decisions = [d for _, d in decided]
+    due = [(f, d) for f, d in decided if d.outcome == DUE]
     rows = await conn.fetch(
         _RECORD_DECISIONS,
         [d.referral_id for d in decisions],
@@ -231,9 +236,11 @@ async def record_decisions(
         [d.amount_cents for d in decisions],
         [d.eligible_on for d in decisions],
         [d.pay_by for d in decisions],
-        [payout_due_payload(d, f, tz) if d.outcome == DUE else None for f, d in decided],
         as_of,
         topic,
+        [d.referral_id for _, d in due],
+        [f.referrer_account_id for f, _ in due],
+        [payout_due_payload(d, f, tz) for f, d in due],
     )
     return {r[0] for r in rows}
 
