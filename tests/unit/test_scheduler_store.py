@@ -170,6 +170,74 @@ async def test_a_recorded_decision_is_never_replaced_nor_announced_twice(
         assert (event.data.amount_cents, event.data.payee) == (d.amount_cents, d.payee)
 
 
+async def test_every_decision_is_recorded_with_its_own_columns_whatever_the_mix(
+    settings: Settings, db: asyncpg.Connection
+) -> None:
+    """The statement sends each distinct (outcome, reason, family, amount, dates) once and a
+    payee only where it is not the referrer: each row must still get exactly its own."""
+    await seed(db, 12, 12, AS_OF, tz=LA)
+    bound = decidable_before(AS_OF, LA, 1)
+    facts = await store.lock_decidable(
+        db, await store.decidable_ids(db, bound, store.FIRST_KEY, 12), bound
+    )
+    base = [(f, d) for f in facts if (d := decide(f, AS_OF, LA)) is not None]
+    later = (date(2027, 5, 1), date(2027, 5, 21))
+    variants = [
+        {},
+        {"plan_family": "voice_assistant", "amount_cents": 20_000},
+        {"payee": "acct-finance-desk"},
+        {"outcome": "forfeited", "reason": "cancelled_before_eligibility",
+         "plan_family": None, "amount_cents": 0},
+        {"outcome": "ineligible", "reason": "same_email_domain", "plan_family": None,
+         "amount_cents": 0},
+        {"outcome": "ineligible", "reason": "partner_ineligible", "plan_family": None,
+         "amount_cents": 0, "payee": "acct-partner-payee"},
+        {"eligible_on": later[0], "pay_by": later[1]},
+    ]  # fmt: skip
+    # The seed's referrers name a payee; every other decision here pays the referrer itself.
+    decided = [
+        (f, d._replace(**({"payee": f.referrer_account_id} | variants[i % len(variants)])))
+        if i % 2
+        else (f, d._replace(**variants[i % len(variants)]))
+        for i, (f, d) in enumerate(base)
+    ]
+    assert len(decided) == 12
+    assert {d.payee == f.referrer_account_id for f, d in decided} == {True, False}
+    recorded = await store.record_decisions(db, decided, AS_OF, settings.topics.payout_due, LA)
+    assert recorded == {d.referral_id for _, d in decided}
+    rows = {
+        r["referral_id"]: r
+        for r in await db.fetch(
+            "select referral_id, payout_id, outcome, reason, payee, plan_family, amount_cents,"
+            " currency, eligible_on, pay_by, referrer_account_id, referee_account_id from payouts"
+        )
+    }
+    for f, d in decided:
+        row = rows[d.referral_id]
+        assert tuple(row)[1:10] == (
+            d.payout_id, d.outcome, d.reason, d.payee, d.plan_family, d.amount_cents,
+            d.currency, d.eligible_on, d.pay_by,
+        )  # fmt: skip
+        assert (row["referrer_account_id"], row["referee_account_id"]) == (
+            f.referrer_account_id,
+            f.referee_account_id,
+        )
+    due = {d.payout_id: d for _, d in decided if d.outcome == "due"}
+    messages = await db.fetch("select payload from outbox")
+    assert sorted(PayoutDue.model_validate_json(m["payload"]).event_id for m in messages) == sorted(
+        due
+    )
+    for m in messages:
+        event = PayoutDue.model_validate_json(m["payload"]).data
+        d = due[event.payout_id]
+        assert (event.payee, event.plan_family, event.amount_cents, event.pay_by) == (
+            d.payee,
+            d.plan_family,
+            d.amount_cents,
+            d.pay_by,
+        )
+
+
 async def test_catch_up_runs_a_pass_for_every_missed_day(
     settings: Settings, db: asyncpg.Connection, pool: asyncpg.Pool
 ) -> None:

@@ -80,36 +80,45 @@ for update of r skip locked
 # One statement records a chunk's decisions and enqueues its payout.due messages:
 # an outbox row only for a payouts row inserted now, so a decision a replica
 # already recorded (the primary key conflict) is neither replaced nor announced
-# twice. Columns the decision copies from the referral come from the row itself;
-# the message key is the referrer account, as ``OutboxMessage.key`` would encode it.
-# The arrays are unnested in select lists, which stream them; an unnest in FROM is
-# materialised first, and a chunk's payloads then spilled to a temporary file and
-# were sorted for a merge join. The recorded ids are probed through a hash instead.
+# twice, and its id is what the statement returns (usually nothing). Columns the
+# decision copies from the referral come from the row itself; the message key is
+# the referrer account, as ``OutboxMessage.key`` would encode it.
+#
+# Shaped by what the client pays to encode (Python, one core) against what
+# Postgres pays to expand: a chunk's decisions share a handful of (outcome,
+# reason, family, amount, eligible_on, pay_by) kinds, sent once each ($3-$8) and
+# referenced by number per decision ($10); a payee is sent only where it differs
+# from the referrer. Arrays are unnested in select lists, which stream them: an
+# unnest in FROM is materialised first, and a chunk's payloads spilled to a
+# temporary file.
 _RECORD_DECISIONS = """
-with recorded as (
+with kinds as (
+    select k.*
+    from unnest($3::text[], $4::text[], $5::text[], $6::bigint[], $7::date[], $8::date[])
+        with ordinality as k(outcome, reason, plan_family, amount_cents, eligible_on, pay_by, kind)
+),
+recorded as (
     insert into payouts (referral_id, payout_id, outcome, reason, referrer_account_id,
         referee_account_id, payee, plan_family, amount_cents, currency, first_payment_at,
         eligible_on, pay_by, as_of)
-    select d.referral_id, d.payout_id, d.outcome, d.reason, r.referrer_account_id,
-           r.referee_account_id, d.payee, d.plan_family, d.amount_cents, r.currency,
-           r.first_payment_at, d.eligible_on, d.pay_by, $10::date
+    select d.referral_id, d.payout_id, k.outcome, k.reason, r.referrer_account_id,
+           r.referee_account_id, coalesce(d.payee, r.referrer_account_id), k.plan_family,
+           k.amount_cents, r.currency, r.first_payment_at, k.eligible_on, k.pay_by, $11::date
     from (select unnest($1::uuid[]) as referral_id, unnest($2::uuid[]) as payout_id,
-                 unnest($3::text[]) as outcome, unnest($4::text[]) as reason,
-                 unnest($5::text[]) as payee, unnest($6::text[]) as plan_family,
-                 unnest($7::bigint[]) as amount_cents, unnest($8::date[]) as eligible_on,
-                 unnest($9::date[]) as pay_by) as d
+                 unnest($9::text[]) as payee, unnest($10::int[]) as kind) as d
+    join kinds k on k.kind = d.kind
     join referrals r on r.referral_id = d.referral_id
     on conflict do nothing
-    returning referral_id
+    returning referral_id, referrer_account_id
 ),
 announced as (
     insert into outbox (topic, key, payload)
-    select $11::text, convert_to(m.key, 'UTF8'), m.message
-    from (select unnest($12::uuid[]) as referral_id, unnest($13::text[]) as key,
-                 unnest($14::bytea[]) as message) as m
-    where m.referral_id in (select referral_id from recorded)
+    select $12::text, convert_to(rec.referrer_account_id, 'UTF8'), m.message
+    from (select unnest($13::uuid[]) as referral_id, unnest($14::bytea[]) as message) as m
+    join recorded rec on rec.referral_id = m.referral_id
 )
-select referral_id from recorded
+select d.referral_id from unnest($1::uuid[]) as d(referral_id)
+where d.referral_id not in (select referral_id from recorded)
 """
 
 _RECORD_PASS = """
@@ -224,25 +233,31 @@ async def record_decisions(
     if not decided:
         return set()
     decisions = [d for _, d in decided]
+    kinds: dict[tuple[str, str | None, str | None, int, date, date], int] = {}
+    kind_of = [
+        kinds.setdefault(
+            (d.outcome, d.reason, d.plan_family, d.amount_cents, d.eligible_on, d.pay_by),
+            len(kinds) + 1,  # ordinality numbers from 1
+        )
+        for d in decisions
+    ]
     due = [(f, d) for f, d in decided if d.outcome == DUE]
-    rows = await conn.fetch(
+    kind_columns = list(zip(*kinds, strict=True))
+    not_recorded = await conn.fetch(
         _RECORD_DECISIONS,
         [d.referral_id for d in decisions],
         [d.payout_id for d in decisions],
-        [d.outcome for d in decisions],
-        [d.reason for d in decisions],
-        [d.payee for d in decisions],
-        [d.plan_family for d in decisions],
-        [d.amount_cents for d in decisions],
-        [d.eligible_on for d in decisions],
-        [d.pay_by for d in decisions],
+        *kind_columns,
+        [d.payee if d.payee != f.referrer_account_id else None for f, d in decided],
+        kind_of,
         as_of,
         topic,
         [d.referral_id for _, d in due],
-        [f.referrer_account_id for f, _ in due],
         [payout_due_payload(d, f, tz) for f, d in due],
     )
-    return {r[0] for r in rows}
+    recorded = {d.referral_id for d in decisions}
+    recorded.difference_update(r[0] for r in not_recorded)
+    return recorded
 
 
 def payout_due_payload(decision: Decision, facts: ReferralFacts, tz: ZoneInfo) -> bytes:
