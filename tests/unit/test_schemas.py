@@ -723,9 +723,20 @@ def test_payout_due_json_is_the_models_wire_form(
     model = PayoutDue(event_id=payout_id, occurred_at=occurred_at, data=PayoutDueData(**data))
 
     fast = payout_due_json(occurred_at=occurred_at, **data)
+    # ids as the database driver returns them: a UUID subclass
+    from_db = {
+        **data,
+        "payout_id": _DriverUUID(int=payout_id.int),
+        "referral_id": _DriverUUID(int=referral_id.int),
+    }
 
     assert fast == model.model_dump_json().encode()
+    assert payout_due_json(occurred_at=occurred_at, **from_db) == fast
     assert PayoutDue.model_validate_json(fast) == model
+
+
+class _DriverUUID(UUID):
+    """Stands in for ``asyncpg.pgproto.pgproto.UUID``."""
 
 
 def test_payout_due_wire_form() -> None:
