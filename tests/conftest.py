@@ -16,12 +16,18 @@ from pathlib import Path
 
 import asyncpg
 import pytest
+from hypothesis import settings as hypothesis_settings
 
 from referrals import devstack
 from referrals.db import connect
 from referrals.settings import Settings, Topics
 
 os.environ.setdefault("XDG_RUNTIME_DIR", tempfile.mkdtemp(prefix="xdg-"))
+
+# No per-example deadline anywhere: on a busy 2-core CI machine one slow example (a
+# collector pause, a neighbour's burst) would fail a property that holds.
+hypothesis_settings.register_profile("no-deadline", deadline=None)
+hypothesis_settings.load_profile("no-deadline")
 
 
 @dataclass
