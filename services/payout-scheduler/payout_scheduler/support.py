@@ -420,8 +420,12 @@ async def set_partner(
             "update accounts set is_partner = $2 where account_id = $1", account_id, is_partner
         )
         changed = await recompute_referrals(conn, [], [account_id])
+        # Through the referrals' referrer index: payouts has none on the referrer (an index
+        # there would cost every decision of a pass a write, for this rare count).
         decided = await conn.fetchval(
-            "select count(*) from payouts where referrer_account_id = $1", account_id
+            "select count(*) from referrals r join payouts p using (referral_id)"
+            " where r.referrer_account_id = $1",
+            account_id,
         )
         await _audit(
             conn,
