@@ -15,6 +15,8 @@ from prometheus_client import CollectorRegistry
 from payout_scheduler import store
 from payout_scheduler.core.decisions import (
     Cancellation,
+    Decision,
+    ReferralFacts,
     SubscriptionSpan,
     decidable_before,
     decide,
@@ -138,15 +140,20 @@ async def test_locked_referrals_are_left_to_the_transaction_that_holds_them(
         await other.close()
 
 
+async def _seed_and_decide(db: asyncpg.Connection, n: int) -> list[tuple[ReferralFacts, Decision]]:
+    """Seed ``n`` referrals due on ``AS_OF``; read their facts as a pass would and decide them."""
+    await seed(db, n, n, AS_OF, tz=LA)
+    bound = decidable_before(AS_OF, LA, 1)
+    facts = await store.lock_decidable(
+        db, await store.decidable_ids(db, bound, store.FIRST_KEY, n), bound
+    )
+    return [(f, d) for f in facts if (d := decide(f, AS_OF, LA)) is not None]
+
+
 async def test_a_recorded_decision_is_never_replaced_nor_announced_twice(
     settings: Settings, db: asyncpg.Connection
 ) -> None:
-    await seed(db, 10, 10, AS_OF, tz=LA)
-    bound = decidable_before(AS_OF, LA, 1)
-    facts = await store.lock_decidable(
-        db, await store.decidable_ids(db, bound, store.FIRST_KEY, 10), bound
-    )
-    decided = [(f, d) for f in facts if (d := decide(f, AS_OF, LA)) is not None]
+    decided = await _seed_and_decide(db, 10)
     topic = settings.topics.payout_due
     assert await store.record_decisions(db, decided[:4], AS_OF, topic, LA) == {
         d.referral_id for _, d in decided[:4]
@@ -175,12 +182,7 @@ async def test_every_decision_is_recorded_with_its_own_columns_whatever_the_mix(
 ) -> None:
     """The statement sends each distinct (outcome, reason, family, amount, dates) once and a
     payee only where it is not the referrer: each row must still get exactly its own."""
-    await seed(db, 12, 12, AS_OF, tz=LA)
-    bound = decidable_before(AS_OF, LA, 1)
-    facts = await store.lock_decidable(
-        db, await store.decidable_ids(db, bound, store.FIRST_KEY, 12), bound
-    )
-    base = [(f, d) for f in facts if (d := decide(f, AS_OF, LA)) is not None]
+    base = await _seed_and_decide(db, 12)
     later = (date(2027, 5, 1), date(2027, 5, 21))
     variants = [
         {},
