@@ -201,7 +201,7 @@ def _downsample(drain: Drain, points: int = 200) -> list[tuple[float, int]]:
 
 
 async def _database(stack: Stack, name: str) -> str:
-    from referrals import devstack
+    from referral_devtools import devstack
 
     async with db(stack.server_uri) as conn:
         await conn.execute(f'drop database if exists "{name}" with (force)')

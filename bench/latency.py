@@ -208,7 +208,7 @@ AIOKAFKA_FETCH_MAX_WAIT_MS = 500
 
 def consumer_fetch_max_wait_ms(extra_env: dict[str, str]) -> int:
     """The ``fetch_max_wait_ms`` the consumer runs with: its setting's default unless overridden."""
-    from referrals.settings import Settings
+    from referral_runtime.settings import Settings
 
     default = Settings.model_fields["consumer_fetch_max_wait_ms"].default
     return int(extra_env.get("CONSUMER_FETCH_MAX_WAIT_MS", default))

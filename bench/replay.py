@@ -27,13 +27,13 @@ from prometheus_client import CollectorRegistry
 
 from bench.stack import embedded_stack, partition_of
 from bench.stream import generate, referrer_events
-from referral_consumer.core.codes import display
 from referral_consumer.main import young_generation_size
 from referral_consumer.metrics import ConsumerMetrics
 from referral_consumer.processor import BatchProcessor, ParsedBatch
-from referral_consumer.store import Outbound
-from referrals import devstack
-from referrals.db import create_pool
+from referral_devtools import devstack
+from referral_program.codes import display
+from referral_runtime.db import create_pool
+from referral_runtime.referral_state import Outbound
 
 TOPICS = ("billing.subscription.created", "billing.invoice.paid", "billing.subscription.cancelled")
 TOPIC_TYPES = dict(

@@ -24,7 +24,7 @@ from typing import Any
 
 from bench import consumer, latency, memory, report, scheduler
 from bench.stack import BenchFailure, Stack, db, embedded_stack
-from referrals.logs import configure_logging
+from referral_runtime.logs import configure_logging
 
 PARTS = ("consumer", "latency", "memory", "scheduler")
 REPO = Path(__file__).resolve().parent.parent

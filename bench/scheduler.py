@@ -36,13 +36,13 @@ AS_OF = date(2027, 4, 2)  # with PAYOUT_SETTLE_DAYS=1: eligible_on 2027-04-01
 async def measure(cfg: dict[str, Any]) -> dict[str, Any]:
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
-    from payout_scheduler.core.decisions import DUE
     from payout_scheduler.metrics import SchedulerMetrics
-    from payout_scheduler.seed import seed
     from payout_scheduler.service import run_pass
-    from referrals.db import connect, create_pool
-    from referrals.outbox import OutboxRelay, make_producer
-    from referrals.settings import Settings, Topics
+    from referral_devtools.seed import seed
+    from referral_program.table import Outcome
+    from referral_runtime.db import connect, create_pool
+    from referral_runtime.outbox import OutboxRelay, make_producer
+    from referral_runtime.settings import Settings, Topics
 
     topics = Topics(payout_due=cfg["topic"])
     settings = Settings(
@@ -112,7 +112,7 @@ async def measure(cfg: dict[str, Any]) -> dict[str, Any]:
         "seed_s": round(seeded.seconds, 2),
         "pass_s": round(pass_s, 3),
         "decided": decided.total,
-        "decided_due": decided.count(DUE),
+        "decided_due": decided.count(Outcome.DUE),
         "chunks": decided.chunks,
         "decisions_per_s": round(decided.total / pass_s, 1),
         "payouts_rows": payouts,
@@ -151,7 +151,7 @@ async def raw_write_ceiling(database_url: str, batch: int) -> dict[str, Any]:
     no Python deciding or serialising. Decisions/s divided by this is the
     pass's ratio to its ceiling on the machine as it runs now.
     """
-    from referrals.db import connect, create_pool
+    from referral_runtime.db import connect, create_pool
 
     conn = await connect(database_url)
     try:
@@ -245,7 +245,7 @@ async def run(
 
 
 def main() -> None:
-    from referrals.logs import configure_logging
+    from referral_runtime.logs import configure_logging
 
     configure_logging("WARNING", "console")
     print(json.dumps(asyncio.run(measure(json.loads(sys.argv[1])))))

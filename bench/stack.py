@@ -25,8 +25,8 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.partitioner import DefaultPartitioner
 
-from referrals import devstack
-from referrals.settings import Topics
+from referral_devtools import devstack
+from referral_runtime.settings import Topics
 
 PARTITIONS = 4
 BIN = Path(sys.executable).parent

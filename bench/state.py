@@ -13,7 +13,7 @@ from aiokafka import AIOKafkaProducer, TopicPartition
 
 from bench.stack import BenchFailure, CommitWatcher, Config, ConsumerProcess, Published, Stack, db
 from bench.stream import Expected, referrer_events
-from referral_consumer.core import codes as code_format
+from referral_program import codes as code_format
 
 
 async def bootstrap_codes(

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from referrals import synthetic as bill
+from referral_devtools import synthetic as bill
 
 T0 = datetime(2027, 1, 4, 16, tzinfo=UTC)
 DAY = 86_400

@@ -18,9 +18,9 @@ import asyncpg
 import pytest
 from hypothesis import settings as hypothesis_settings
 
-from referrals import devstack
-from referrals.db import connect
-from referrals.settings import Settings, Topics
+from referral_devtools import devstack
+from referral_runtime.db import connect
+from referral_runtime.settings import Settings, Topics
 
 os.environ.setdefault("XDG_RUNTIME_DIR", tempfile.mkdtemp(prefix="xdg-"))
 

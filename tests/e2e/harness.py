@@ -17,7 +17,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from referral_consumer.app import ConsumerService
-from referrals.settings import Settings
+from referral_runtime.settings import Settings
 from tests.conftest import settings_env
 
 

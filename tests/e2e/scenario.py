@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from referrals import synthetic as bill
+from referral_devtools import synthetic as bill
 
 T0 = datetime(2027, 1, 4, 16, tzinfo=UTC)
 FAMILIES = ["virtual_receptionist", "voice_assistant", "chat", "outreach_campaign"]

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import asyncpg
 
-from referrals import synthetic as bill
-from referrals.devstack import free_port
-from referrals.settings import Settings
+from referral_devtools import synthetic as bill
+from referral_devtools.devstack import free_port
+from referral_runtime.settings import Settings
 from tests.conftest import wait_for
 from tests.e2e.harness import producer, spawn
 from tests.e2e.scenario import T0

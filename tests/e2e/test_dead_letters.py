@@ -8,8 +8,8 @@ from datetime import UTC, datetime
 import asyncpg
 import pytest
 
-from referrals import synthetic as bill
-from referrals.settings import Settings
+from referral_devtools import synthetic as bill
+from referral_runtime.settings import Settings
 from tests.conftest import wait_for
 from tests.e2e.harness import producer, read_topic, running_consumer
 

@@ -16,9 +16,9 @@ import psutil
 import pytest
 import structlog
 
-from payout_scheduler import demo_data
-from referral_consumer.core.referral import Ineligible
-from referrals import cli
+from referral_devtools import demo_data
+from referral_ops import cli
+from referral_program.table import Ineligible
 
 SECTIONS = (
     "Billing generated",

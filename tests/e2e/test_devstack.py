@@ -12,7 +12,7 @@ import asyncpg
 import psutil
 from aiokafka.admin import AIOKafkaAdminClient
 
-from referrals.devstack import read_env_file
+from referral_devtools.devstack import read_env_file
 
 SCRIPT = str(Path(sys.executable).parent / "referrals")
 

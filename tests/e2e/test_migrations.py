@@ -11,8 +11,8 @@ from pathlib import Path
 
 import asyncpg
 
-from referrals import devstack
-from referrals.migrate import available_migrations, migrate
+from referral_devtools import devstack
+from referral_runtime.migrate import available_migrations, migrate
 from tests.conftest import Stack
 
 

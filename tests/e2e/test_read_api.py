@@ -13,12 +13,13 @@ from urllib.parse import unquote
 import asyncpg
 import pytest
 
-from payout_scheduler import support
-from referral_consumer.core import codes
-from referrals import synthetic as bill
-from referrals.db import create_pool
-from referrals.read_api import ReadApi
-from referrals.settings import Settings
+from referral_devtools import synthetic as bill
+from referral_ops import support
+from referral_ops.read_api import ReadApi
+from referral_program import codes
+from referral_runtime.db import create_pool
+from referral_runtime.referral_state import Outbound
+from referral_runtime.settings import Settings
 from tests.e2e.test_support_ops import T0, active_code, feed
 
 TOKEN = "s3cret-token"
@@ -114,7 +115,7 @@ async def test_code_lookup_for_the_sign_up_page(
 ) -> None:
     await feed(db, settings, bill.subscription_created("ref-1", "s-1", "chat", T0))
     first = await active_code(db, "ref-1")
-    out = support.outbound_for(settings)
+    out = Outbound.from_settings(settings)
     await support.rotate_code(db, "ref-1", actor="t", out=out, randbits=secrets.randbits)
     second = await active_code(db, "ref-1")
     await support.revoke_code(db, second, actor="t", out=out, randbits=secrets.randbits)

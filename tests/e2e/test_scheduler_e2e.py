@@ -17,16 +17,16 @@ from typing import Any
 import asyncpg
 from prometheus_client.parser import text_string_to_metric_families
 
-from payout_scheduler.core.decisions import payout_id_for
 from payout_scheduler.metrics import SchedulerMetrics
-from payout_scheduler.seed import seed
 from payout_scheduler.service import catch_up, run_pass
-from referral_consumer.core import codes
-from referral_consumer.core.referral import referral_id_for
-from referrals import synthetic as bill
-from referrals.db import create_pool
-from referrals.devstack import free_port
-from referrals.settings import Settings
+from referral_devtools import synthetic as bill
+from referral_devtools.devstack import free_port
+from referral_devtools.seed import seed
+from referral_program import codes
+from referral_program.attribution import referral_id_for
+from referral_program.decisions import payout_id_for
+from referral_runtime.db import create_pool
+from referral_runtime.settings import Settings
 from tests.conftest import wait_for
 from tests.e2e.harness import producer, read_topic, running_consumer, spawn, terminate
 

@@ -1,6 +1,6 @@
 """One payout.due per referral, ever: two replicas at once, and SIGKILL at the worst moments.
 
-Due referrals are written straight into the referral state (``payout_scheduler.seed``),
+Due referrals are written straight into the referral state (``referral_devtools.seed``),
 which is what the consumer would have derived, so each test runs in seconds.
 """
 
@@ -18,13 +18,13 @@ from pathlib import Path
 import asyncpg
 from prometheus_client import CollectorRegistry
 
-from payout_scheduler.core.decisions import decidable_before, payout_id_for
 from payout_scheduler.metrics import SchedulerMetrics
-from payout_scheduler.seed import seed
 from payout_scheduler.service import run_pass
-from referrals.db import create_pool
-from referrals.devstack import free_port
-from referrals.settings import Settings
+from referral_devtools.devstack import free_port
+from referral_devtools.seed import seed
+from referral_program.decisions import decidable_before, payout_id_for
+from referral_runtime.db import create_pool
+from referral_runtime.settings import Settings
 from tests.conftest import wait_for
 from tests.e2e.harness import Received, read_topic, spawn, terminate
 

@@ -1,4 +1,4 @@
-"""Support's operations on the real Postgres, through `referrals.cli.main` as support runs them.
+"""Support's operations on the real Postgres, through `referral_ops.cli.main` as support runs them.
 
 Billing facts go in through the consumer's own batch path (`apply_batch`), so
 attribution after a rotation or a revocation is what the service would record;
@@ -20,15 +20,14 @@ from typing import Any
 import asyncpg
 import pytest
 
-from payout_scheduler import support
-from payout_scheduler.core import calendar
-from referral_consumer.core import codes
 from referral_consumer.ingest import Parsed, parse_record
 from referral_consumer.plan import BatchPlan
 from referral_consumer.store import apply_batch
-from referrals import cli
-from referrals import synthetic as bill
-from referrals.settings import Settings
+from referral_devtools import synthetic as bill
+from referral_ops import cli, support
+from referral_program import calendar, codes
+from referral_runtime.referral_state import Outbound
+from referral_runtime.settings import Settings
 from tests.conftest import settings_env, wait_for
 from tests.e2e.harness import producer, read_topic, running_consumer
 
@@ -61,7 +60,7 @@ async def feed(db: asyncpg.Connection, settings: Settings, *events: dict[str, An
         parsed.append(result)
     async with db.transaction():
         await apply_batch(
-            db, BatchPlan.of(parsed), support.outbound_for(settings), secrets.randbits
+            db, BatchPlan.of(parsed), Outbound.from_settings(settings), secrets.randbits
         )
 
 
@@ -237,7 +236,7 @@ async def test_rotate_retries_when_the_new_code_is_taken(
         db,
         "ref-1",
         actor="bob",
-        out=support.outbound_for(settings),
+        out=Outbound.from_settings(settings),
         randbits=lambda n: next(proposals),
     )
 

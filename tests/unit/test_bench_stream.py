@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 from bench import stream
 from referral_consumer.ingest import Parsed, parse_record
-from referrals.settings import Topics
+from referral_runtime.settings import Topics
 
 CODES = {stream.referrer_id(i): f"{i:04d}-ABCD".replace("0", "Z") for i in range(50)}
 TOPICS = Topics()

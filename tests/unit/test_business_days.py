@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from payout_scheduler.core.business_days import (
+from referral_program.business_days import (
     business_day_horizon,
     is_business_day,
     nth_business_day,

@@ -14,8 +14,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from payout_scheduler.core.business_days import is_business_day
-from payout_scheduler.core.calendar import (
+from referral_program.business_days import is_business_day
+from referral_program.calendar import (
     eligibility_instant,
     eligible_on,
     first_payment_month,

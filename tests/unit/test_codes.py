@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from referral_consumer.core import codes
+from referral_program import codes
 
 
 @pytest.mark.parametrize(

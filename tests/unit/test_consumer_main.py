@@ -12,7 +12,7 @@ from prometheus_client import CollectorRegistry
 from referral_consumer.main import TRACKED_PER_RECORD, young_generation_size
 from referral_consumer.metrics import ConsumerMetrics
 from referral_consumer.processor import BatchProcessor
-from referrals import synthetic as bill
+from referral_devtools import synthetic as bill
 from tests.unit.records import TOPICS, Rec, T
 
 

@@ -16,8 +16,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from payout_scheduler.core.calendar import eligibility_instant, eligible_on
-from payout_scheduler.core.decisions import (
+from referral_program.calendar import eligibility_instant, eligible_on
+from referral_program.decisions import (
     PAYOUT_NAMESPACE,
     REWARD_CENTS,
     Cancellation,

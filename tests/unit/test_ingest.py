@@ -7,7 +7,7 @@ import json
 import pytest
 
 from referral_consumer.ingest import DeadLetter, Parsed, parse_record
-from referrals import synthetic as bill
+from referral_devtools import synthetic as bill
 from tests.unit.records import TOPICS, Rec, T
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from payout_scheduler.support import (
+from referral_ops.support import (
     LegacyImportError,
     LegacyRow,
     decode_legacy_csv,

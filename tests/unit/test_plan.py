@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from referral_consumer.plan import CODE, MALFORMED_CODE, NO_CODE, BatchPlan
-from referrals import synthetic as bill
+from referral_devtools import synthetic as bill
 from tests.unit.records import T, parsed
 
 

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from referral_consumer.core.referral import (
+from referral_program.attribution import (
     Ineligible,
     InvoiceFact,
     Status,

@@ -13,7 +13,11 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from payout_scheduler import store
-from payout_scheduler.core.decisions import (
+from payout_scheduler.metrics import SchedulerMetrics
+from payout_scheduler.service import catch_up, refresh_due_soon, run_pass
+from referral_devtools.seed import seed
+from referral_events import PayoutDue
+from referral_program.decisions import (
     Cancellation,
     Decision,
     ReferralFacts,
@@ -21,13 +25,9 @@ from payout_scheduler.core.decisions import (
     decidable_before,
     decide,
 )
-from payout_scheduler.metrics import SchedulerMetrics
-from payout_scheduler.seed import seed
-from payout_scheduler.service import catch_up, refresh_due_soon, run_pass
-from referral_events import PayoutDue
-from referrals.db import connect, create_pool
-from referrals.outbox import OutboxMessage, enqueue
-from referrals.settings import Settings
+from referral_runtime.db import connect, create_pool
+from referral_runtime.outbox import OutboxMessage, enqueue
+from referral_runtime.settings import Settings
 
 LA = ZoneInfo("America/Los_Angeles")
 AS_OF = date(2027, 4, 2)  # eligible_on 2027-04-01 + 1 settle day

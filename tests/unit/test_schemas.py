@@ -39,7 +39,7 @@ from referral_events import (
     generate,
     payout_due_json,
 )
-from referrals.settings import Topics
+from referral_runtime.settings import Topics
 
 V1 = generate.SCHEMAS_DIR / generate.VERSION_DIR
 ENVELOPE_FIELDS = ["event_id", "event_type", "schema_version", "occurred_at", "data"]

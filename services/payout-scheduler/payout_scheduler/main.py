@@ -16,9 +16,9 @@ from datetime import date
 
 from aiokafka.errors import KafkaError
 
-from referrals.db import TRANSIENT_DB_ERRORS
-from referrals.logs import configure_logging
-from referrals.settings import load_settings
+from referral_runtime.db import TRANSIENT_DB_ERRORS
+from referral_runtime.logs import configure_logging
+from referral_runtime.settings import load_settings
 
 
 def as_of_date(text: str) -> date:

@@ -30,12 +30,13 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from payout_scheduler import store
-from payout_scheduler.core.business_days import business_day_horizon
-from payout_scheduler.core.decisions import DUE, Decision, decidable_before, decide
 from payout_scheduler.metrics import SchedulerMetrics
-from referrals.db import TRANSIENT_DB_ERRORS, create_pool
-from referrals.outbox import OutboxRelay, make_producer
-from referrals.settings import Settings
+from referral_program.business_days import business_day_horizon
+from referral_program.decisions import Decision, decidable_before, decide
+from referral_program.table import Outcome, format_money
+from referral_runtime.db import TRANSIENT_DB_ERRORS, create_pool
+from referral_runtime.outbox import OutboxRelay, make_producer
+from referral_runtime.settings import Settings
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
@@ -79,26 +80,23 @@ class PassResult:
     def summary(self) -> str:
         """One human paragraph: what was decided as of the day, and the cash due."""
         cash = ", ".join(
-            f"{family} {_dollars(cents)}" for family, cents in sorted(self.cash_due_cents.items())
+            f"{family} {format_money(cents)}"
+            for family, cents in sorted(self.cash_due_cents.items())
         )
         reasons = ", ".join(
             f"{outcome}/{reason} {n}"
             for (outcome, reason), n in sorted(self.decided.items())
-            if outcome != DUE
+            if outcome != Outcome.DUE
         )
         return (
             f"as of {self.as_of:%Y-%m-%d}: decided {self.total} referrals in "
-            f"{self.seconds:.2f}s: {self.count(DUE)} due, {self.count('forfeited')} forfeited, "
-            f"{self.count('ineligible')} ineligible"
+            f"{self.seconds:.2f}s: {self.count(Outcome.DUE)} due, {self.count(Outcome.FORFEITED)} forfeited, "
+            f"{self.count(Outcome.INELIGIBLE)} ineligible"
             + (f" ({reasons})" if reasons else "")
-            + f"; cash due {_dollars(self.cash_total_cents)}"
+            + f"; cash due {format_money(self.cash_total_cents)}"
             + (f" ({cash})" if cash else "")
             + "."
         )
-
-
-def _dollars(cents: int) -> str:
-    return f"${cents // 100:,}.{cents % 100:02d}"
 
 
 async def run_pass(
@@ -167,7 +165,7 @@ async def _run_pass(
         "decision_pass_finished" if result.completed else "decision_pass_stopped",
         as_of=as_of.isoformat(),
         decided=result.total,
-        due=result.count(DUE),
+        due=result.count(Outcome.DUE),
         cash_due_cents=result.cash_total_cents,
         chunks=result.chunks,
         seconds=round(result.seconds, 3),
@@ -245,7 +243,7 @@ def _count(recorded: list[Decision], result: PassResult, metrics: SchedulerMetri
     cash: Counter[str] = Counter()
     for d in recorded:
         decided[(d.outcome, d.reason or "")] += 1
-        if d.outcome == DUE and d.plan_family is not None:
+        if d.outcome == Outcome.DUE and d.plan_family is not None:
             cash[d.plan_family] += d.amount_cents
     for (outcome, reason), n in decided.items():
         metrics.decisions.labels(outcome, reason).inc(n)

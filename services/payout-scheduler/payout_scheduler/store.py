@@ -17,23 +17,16 @@ from zoneinfo import ZoneInfo
 
 import asyncpg
 
-from payout_scheduler.core import calendar
-from payout_scheduler.core.decisions import (
-    DUE,
-    REWARD_CENTS,
+from referral_events import payout_due_json
+from referral_program import calendar, codes
+from referral_program.decisions import (
     Cancellation,
     Decision,
     ReferralFacts,
     SubscriptionSpan,
 )
-from referral_consumer.core import codes
-from referral_events import payout_due_json
-
-#: Plan families that can earn cash; the decision ignores the others.
-QUALIFYING_FAMILIES = sorted(REWARD_CENTS)
-
-#: A connection, or one borrowed from a pool.
-Connection = asyncpg.Connection | asyncpg.pool.PoolConnectionProxy
+from referral_program.table import QUALIFYING_FAMILIES, Outcome
+from referral_runtime.db import Conn
 
 #: Keyset start: below every referral id (ids are uuid5, never the nil UUID).
 FIRST_KEY = UUID(int=0)
@@ -140,7 +133,7 @@ where published_at is null
 
 
 async def decidable_ids(
-    conn: Connection, first_payment_before: datetime, after: UUID, limit: int
+    conn: Conn, first_payment_before: datetime, after: UUID, limit: int
 ) -> list[UUID]:
     """Up to ``limit`` undecided referral ids above ``after`` (in order) whose first payment
     is before ``first_payment_before`` (see ``core.decisions.decidable_before``). No locks."""
@@ -149,7 +142,7 @@ async def decidable_ids(
 
 
 async def lock_decidable(
-    conn: Connection, ids: Sequence[UUID], first_payment_before: datetime
+    conn: Conn, ids: Sequence[UUID], first_payment_before: datetime
 ) -> list[ReferralFacts]:
     """Lock and load those of ``ids`` that are still undecided and free, in id order.
 
@@ -157,7 +150,7 @@ async def lock_decidable(
     A referral another transaction holds (a replica, or the consumer updating
     it) is skipped: the next pass takes it.
     """
-    rows = await conn.fetch(_LOCK_DECIDABLE, ids, first_payment_before, QUALIFYING_FAMILIES)
+    rows = await conn.fetch(_LOCK_DECIDABLE, ids, first_payment_before, sorted(QUALIFYING_FAMILIES))
     facts: list[ReferralFacts] = []
     head: asyncpg.Record | None = None  # the first row of the referral being read
     spans: list[tuple[str, str, datetime, datetime | None, datetime | None]] = []
@@ -217,7 +210,7 @@ def _spans(
 
 
 async def record_decisions(
-    conn: Connection,
+    conn: Conn,
     decided: Sequence[tuple[ReferralFacts, Decision]],
     as_of: date,
     topic: str,
@@ -241,7 +234,7 @@ async def record_decisions(
         )
         for d in decisions
     ]
-    due = [(f, d) for f, d in decided if d.outcome == DUE]
+    due = [(f, d) for f, d in decided if d.outcome == Outcome.DUE]
     kind_columns = list(zip(*kinds, strict=True))
     not_recorded = await conn.fetch(
         _RECORD_DECISIONS,
@@ -267,7 +260,7 @@ def payout_due_payload(decision: Decision, facts: ReferralFacts, tz: ZoneInfo) -
     cash became due (the start of ``eligible_on`` in the program time zone), so
     the event is the same whichever replica, day or run produced it.
     """
-    if decision.outcome != DUE or decision.plan_family is None:
+    if decision.outcome != Outcome.DUE or decision.plan_family is None:
         raise ValueError(f"referral {decision.referral_id} is {decision.outcome}, not due")
     payload: bytes = payout_due_json(
         payout_id=decision.payout_id,
@@ -287,17 +280,17 @@ def payout_due_payload(decision: Decision, facts: ReferralFacts, tz: ZoneInfo) -
     return payload
 
 
-async def record_pass(conn: Connection, as_of: date, decided: int) -> None:
+async def record_pass(conn: Conn, as_of: date, decided: int) -> None:
     """Remember a finished pass (several passes of one day add up their decisions)."""
     await conn.execute(_RECORD_PASS, as_of, decided)
 
 
-async def last_pass(conn: Connection) -> date | None:
+async def last_pass(conn: Conn) -> date | None:
     """The latest ``as_of`` of a finished pass, or None before the first one."""
     value: date | None = await conn.fetchval("select max(as_of) from scheduler_passes")
     return value
 
 
-async def count_due_soon(conn: Connection, topic: str, horizon: date) -> int:
+async def count_due_soon(conn: Conn, topic: str, horizon: date) -> int:
     """Unpublished ``payout.due`` messages whose ``pay_by`` is on or before ``horizon``."""
     return int(await conn.fetchval(_DUE_SOON, topic, horizon))

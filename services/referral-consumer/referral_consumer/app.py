@@ -21,11 +21,11 @@ from prometheus_client import CollectorRegistry, make_asgi_app
 from referral_consumer.metrics import ConsumerMetrics
 from referral_consumer.pipeline import BatchPipeline
 from referral_consumer.processor import BatchProcessor
-from referral_consumer.store import Outbound
-from referrals.db import create_pool
-from referrals.outbox import OutboxRelay, make_producer
-from referrals.read_api import ReadApi
-from referrals.settings import Settings
+from referral_ops.read_api import ReadApi
+from referral_runtime.db import create_pool
+from referral_runtime.outbox import OutboxRelay, make_producer
+from referral_runtime.referral_state import Outbound
+from referral_runtime.settings import Settings
 
 log = structlog.get_logger(__name__)
 
@@ -125,13 +125,7 @@ class ConsumerService:
         self.processor = BatchProcessor(
             self.pool,
             s.topics.billing,
-            Outbound(
-                code_assigned=s.topics.code_assigned,
-                credit_earned=s.topics.credit_earned,
-                dlq=s.topics.dlq,
-                link_base=s.referral_link_base,
-                consumer_group=s.consumer_group,
-            ),
+            Outbound.from_settings(s),
             self.metrics,
             self.stopping,
             max_message_bytes=s.max_message_bytes,
@@ -201,7 +195,7 @@ class ConsumerAsgi(AsgiFastStream):
 
 def create_app(settings: Settings | None = None) -> AsgiFastStream:
     """The ASGI app: broker + /healthz, /readyz and /metrics."""
-    from referrals.settings import load_settings
+    from referral_runtime.settings import load_settings
 
     service = ConsumerService(settings or load_settings())
 

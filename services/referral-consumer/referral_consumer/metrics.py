@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from referrals.outbox import OutboxMetrics
-from referrals.process_metrics import register_process_metrics
+from referral_runtime.outbox import OutboxMetrics
+from referral_runtime.process_metrics import register_process_metrics
 
 
 class ConsumerMetrics:

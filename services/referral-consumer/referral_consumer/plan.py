@@ -17,10 +17,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from referral_consumer.core import codes
-from referral_consumer.core.referral import PUBLIC_EMAIL_DOMAINS, email_domain, fingerprint_hash
 from referral_consumer.ingest import DeadLetter, Parsed
 from referral_events import InvoicePaid, SubscriptionCancelled, SubscriptionCreated
+from referral_program import codes
+from referral_program.attribution import PUBLIC_EMAIL_DOMAINS, email_domain, fingerprint_hash
 
 #: ``subscriptions.code_state`` of a sign-up without a code, with one that cannot be a code
 #: (see ``codes.try_normalise``), and with a well-formed one to look up.

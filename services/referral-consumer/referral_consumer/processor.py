@@ -15,9 +15,10 @@ import structlog
 from referral_consumer.ingest import DeadLetter, Parsed, Record, parse_record
 from referral_consumer.metrics import ConsumerMetrics
 from referral_consumer.plan import BatchPlan
-from referral_consumer.store import BatchResult, Outbound, apply_batch
+from referral_consumer.store import BatchResult, apply_batch
 from referral_events import DeadLetterReason
-from referrals.db import TRANSIENT_DB_ERRORS
+from referral_runtime.db import TRANSIENT_DB_ERRORS
+from referral_runtime.referral_state import Outbound
 
 log = structlog.get_logger(__name__)
 

@@ -3,54 +3,33 @@
 Every statement is set-based (arrays + ``unnest``), so a batch of thousands of
 events costs about a dozen round trips; the arrays come ready-made from the
 batch's :class:`~referral_consumer.plan.BatchPlan`. A transaction-scoped advisory lock
-serialises batch transactions across consumer replicas: referral state reads
-other accounts' facts, and two concurrent recomputations could otherwise
-each miss the other's uncommitted facts.
+(``referral_state.REFERRAL_STATE_LOCK``) serialises batch transactions across
+consumer replicas: referral state reads other accounts' facts, and two
+concurrent recomputations could otherwise each miss the other's uncommitted facts.
 """
 
 from __future__ import annotations
 
 import uuid
-from collections import Counter, defaultdict
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import asyncpg
 
-from referral_consumer.core import codes
-from referral_consumer.core.referral import (
-    InvoiceFact,
-    Referral,
-    SubscriptionFact,
-    attributing_subscription,
-    referral_state,
-)
 from referral_consumer.ingest import DeadLetter, Parsed
 from referral_consumer.plan import BatchPlan
-from referral_events import (
-    ReferralCodeAssigned,
-    ReferralCodeAssignedData,
-    ReferralCreditEarned,
-    ReferralCreditEarnedData,
+from referral_program import codes
+from referral_runtime.db import Conn
+from referral_runtime.outbox import OutboxMessage, enqueue
+from referral_runtime.referral_state import (
+    REFERRAL_STATE_LOCK,
+    Outbound,
+    code_assigned_message,
+    credit_earned_message,
+    recompute_referrals,
 )
-from referrals.db import Conn
-from referrals.outbox import OutboxMessage, enqueue
-
-#: Serialises batch transactions (and support operations that recompute referrals).
-REFERRAL_STATE_LOCK = 0x5EF_0001
-EVENT_NAMESPACE = uuid.UUID("a7d3c1e2-4b5f-4e8a-9d0c-1f2e3d4c5b6a")
-
-
-@dataclass(frozen=True)
-class Outbound:
-    """Topic names and link base the batch needs to build outbound events."""
-
-    code_assigned: str
-    credit_earned: str
-    dlq: str
-    link_base: str
-    consumer_group: str
 
 
 @dataclass
@@ -99,7 +78,7 @@ async def apply_batch(
     ]
     touched = sorted({a for a, _ in fresh} | await _payments_that_matter(conn, new_invoices))
     referrers_changed = sorted({a for a, compared in fresh if compared})
-    await recompute_referrals(conn, touched, referrers_changed, result)
+    result.attributions.update(await recompute_referrals(conn, touched, referrers_changed))
     outbox += await _dead_letters(conn, plan.dead, out, result)
     await enqueue(conn, outbox)
     return result
@@ -163,23 +142,6 @@ async def _assign_codes(
         pending = [a for a in pending if a not in assigned]
     result.codes_assigned = len(assigned)
     return [code_assigned_message(out, account, code, None) for account, code in assigned.items()]
-
-
-def code_assigned_message(
-    out: Outbound, account_id: str, code: str, replaces: str | None
-) -> OutboxMessage:
-    """The ``referral_code.assigned`` announcement of a code (new, or replacing ``replaces``)."""
-    event = ReferralCodeAssigned(
-        event_id=uuid.uuid5(EVENT_NAMESPACE, f"code-assigned:{code}"),
-        occurred_at=datetime.now(UTC),
-        data=ReferralCodeAssignedData(
-            account_id=account_id,
-            code=codes.display(code),
-            link=codes.link(out.link_base, code),
-            replaces=codes.display(replaces) if replaces else None,
-        ),
-    )
-    return OutboxMessage(out.code_assigned, account_id.encode(), event.model_dump_json().encode())
 
 
 # The code is resolved here, under the batch lock: 'unknown' covers a malformed code and
@@ -273,24 +235,6 @@ async def _legacy_credits(
     return [credit_earned_message(out.credit_earned, row) for row in rows]
 
 
-def credit_earned_message(topic: str, row: asyncpg.Record) -> OutboxMessage:
-    """The ``referral.credit.earned`` event of one ``legacy_credits`` row."""
-    event = ReferralCreditEarned(
-        event_id=uuid.uuid5(EVENT_NAMESPACE, f"credit:{row['invoice_id']}"),
-        occurred_at=datetime.now(UTC),
-        data=ReferralCreditEarnedData(
-            referrer_account_id=row["referrer_account_id"],
-            referee_account_id=row["referee_account_id"],
-            invoice_id=row["invoice_id"],
-            amount_cents=row["amount_cents"],
-            currency=row["currency"],
-        ),
-    )
-    return OutboxMessage(
-        topic, row["referrer_account_id"].encode(), event.model_dump_json().encode()
-    )
-
-
 async def _payments_that_matter(conn: Conn, new_invoices: list[asyncpg.Record]) -> set[str]:
     """Referees whose state a new paid invoice can change.
 
@@ -324,135 +268,6 @@ async def _payments_that_matter(conn: Conn, new_invoices: list[asyncpg.Record]) 
         ):
             matter.add(invoice["account_id"])
     return matter
-
-
-# Joins on unnest() rather than `= any(array)`: with thousands of ids per batch
-# the planner otherwise scans the table comparing each row with the whole array.
-_SUBSCRIPTION_FACTS = """
-with referee as (select distinct unnest($1::text[]) as account_id),
-wanted as (
-    select account_id from referee
-    union
-    select s.referrer_account_id from referee join subscriptions s using (account_id)
-    where s.referrer_account_id is not null
-)
-select s.subscription_id, s.account_id, s.created_at, s.plan_family, s.currency,
-       s.first_time_client, s.referral_code, s.referrer_account_id, s.email_domain,
-       s.organization_id, s.payment_fingerprint_hash
-from wanted join subscriptions s using (account_id)
-"""
-
-_UPSERT_REFERRALS = """
-insert into referrals as r (referral_id, referee_account_id, referrer_account_id, referral_code,
-    subscription_id, attributed_at, status, reason, first_payment_at, first_payment_invoice_id,
-    currency)
-select * from unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[],
-    $6::timestamptz[], $7::text[], $8::text[], $9::timestamptz[], $10::text[], $11::text[])
-on conflict (referral_id) do update set
-    referrer_account_id = excluded.referrer_account_id,
-    referral_code = excluded.referral_code,
-    subscription_id = excluded.subscription_id,
-    attributed_at = excluded.attributed_at,
-    status = excluded.status,
-    reason = excluded.reason,
-    first_payment_at = excluded.first_payment_at,
-    first_payment_invoice_id = excluded.first_payment_invoice_id,
-    currency = excluded.currency,
-    updated_at = now()
-where (r.referrer_account_id, r.referral_code, r.subscription_id, r.attributed_at, r.status,
-       r.reason, r.first_payment_at, r.first_payment_invoice_id, r.currency)
-      is distinct from
-      (excluded.referrer_account_id, excluded.referral_code, excluded.subscription_id,
-       excluded.attributed_at, excluded.status, excluded.reason, excluded.first_payment_at,
-       excluded.first_payment_invoice_id, excluded.currency)
-  -- a decided referral is frozen: its payout (or forfeit) is history
-  and not exists (select 1 from payouts p where p.referral_id = r.referral_id)
-returning status, reason
-"""
-
-
-async def recompute_referrals(
-    conn: Conn,
-    touched: Sequence[str],
-    referrers_changed: Sequence[str],
-    result: BatchResult | None = None,
-) -> int:
-    """Recompute the referral rows of touched referees and of referees of changed referrers.
-
-    Returns how many rows were created or changed.
-    """
-    if not touched and not referrers_changed:
-        return 0
-    referees = [
-        r["account_id"]
-        for r in await conn.fetch(
-            """select s.account_id from unnest($1::text[]) as t(account_id)
-               join subscriptions s using (account_id)
-               where s.referrer_account_id is not null
-               union
-               select s.account_id from unnest($2::text[]) as c(referrer_account_id)
-               join subscriptions s using (referrer_account_id)""",
-            list(touched),
-            list(referrers_changed),
-        )
-    ]
-    if not referees:
-        return 0
-    subscriptions: defaultdict[str, list[SubscriptionFact]] = defaultdict(list)
-    for row in await conn.fetch(_SUBSCRIPTION_FACTS, referees):
-        subscriptions[row["account_id"]].append(SubscriptionFact(**row))
-    invoices: defaultdict[str, list[InvoiceFact]] = defaultdict(list)
-    for row in await conn.fetch(
-        """select invoice_id, account_id, subscription_id, paid_at, amount_paid_cents
-           from unnest($1::text[]) as w(account_id) join invoices i using (account_id)
-           where i.amount_paid_cents > 0""",
-        referees,
-    ):
-        invoices[row["account_id"]].append(InvoiceFact(**row))
-    touches = {
-        referee: touch
-        for referee in referees
-        if (touch := attributing_subscription(subscriptions[referee])) is not None
-    }
-    partners = {
-        r["account_id"]
-        for r in await conn.fetch(
-            """select a.account_id from unnest($1::text[]) as w(account_id)
-               join accounts a using (account_id) where a.is_partner""",
-            sorted({t.referrer_account_id for t in touches.values() if t.referrer_account_id}),
-        )
-    }
-    states: list[Referral] = []
-    for referee, touch in touches.items():
-        referrer = touch.referrer_account_id or ""
-        state = referral_state(
-            subscriptions[referee],
-            invoices[referee],
-            subscriptions.get(referrer, []),
-            referrer in partners,
-        )
-        if state is not None:
-            states.append(state)
-    if not states:
-        return 0
-    rows = await conn.fetch(
-        _UPSERT_REFERRALS,
-        [s.referral_id for s in states],
-        [s.referee_account_id for s in states],
-        [s.referrer_account_id for s in states],
-        [s.referral_code for s in states],
-        [s.subscription_id for s in states],
-        [s.attributed_at for s in states],
-        [s.status.value for s in states],
-        [s.reason.value if s.reason else None for s in states],
-        [s.first_payment_at for s in states],
-        [s.first_payment_invoice_id for s in states],
-        [s.currency for s in states],
-    )
-    if result is not None:
-        for row in rows:
-            result.attributions[(row["status"], row["reason"] or "")] += 1
-    return len(rows)
 
 
 async def _dead_letters(

@@ -13,7 +13,7 @@ import csv
 import io
 import json
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal, InvalidOperation
@@ -23,18 +23,17 @@ from zoneinfo import ZoneInfo
 import asyncpg
 import asyncpg.pool
 
-from payout_scheduler.core import calendar
-from payout_scheduler.core.decisions import REWARD_CENTS
-from referral_consumer.core import codes
-from referral_consumer.store import (
+from referral_program import calendar, codes
+from referral_program.table import REWARD_CENTS, Outcome, Status, best_family
+from referral_runtime.outbox import enqueue
+from referral_runtime.referral_state import (
     REFERRAL_STATE_LOCK,
     Outbound,
     code_assigned_message,
     credit_earned_message,
     recompute_referrals,
 )
-from referrals.outbox import enqueue
-from referrals.settings import Settings
+from referral_runtime.settings import Settings
 
 #: A 40-bit code collides rarely; this many misses in a row means ``randbits`` is broken.
 _MAX_CODE_ATTEMPTS = 32
@@ -84,17 +83,6 @@ class LegacyImportError(SupportError):
         super().__init__(
             f"{len(self.errors)} {noun}, nothing was imported:\n  " + "\n  ".join(self.errors)
         )
-
-
-def outbound_for(settings: Settings) -> Outbound:
-    """The topics and link base outbound events of support operations use."""
-    return Outbound(
-        code_assigned=settings.topics.code_assigned,
-        credit_earned=settings.topics.credit_earned,
-        dlq=settings.topics.dlq,
-        link_base=settings.referral_link_base,
-        consumer_group=settings.consumer_group,
-    )
 
 
 def checked_actor(actor: str | None) -> str:
@@ -419,7 +407,7 @@ async def set_partner(
         await conn.execute(
             "update accounts set is_partner = $2 where account_id = $1", account_id, is_partner
         )
-        changed = await recompute_referrals(conn, [], [account_id])
+        changed = (await recompute_referrals(conn, [], [account_id])).total()
         # Through the referrals' referrer index: payouts has none on the referrer (an index
         # there would cost every decision of a pass a write, for this rare count).
         decided = await conn.fetchval(
@@ -549,11 +537,6 @@ async def referrals_page(
     )
 
 
-def _best_family(families: Iterable[str]) -> str | None:
-    qualifying = [f for f in families if REWARD_CENTS.get(f, 0) > 0]
-    return max(qualifying, key=lambda f: (REWARD_CENTS[f], f), default=None)
-
-
 def referral_line(row: asyncpg.Record | dict[str, Any], tz: ZoneInfo) -> ReferralLine:
     """One row of the referral query as a :class:`ReferralLine` (pure)."""
     first_payment_at: datetime | None = row["first_payment_at"]
@@ -572,20 +555,20 @@ def referral_line(row: asyncpg.Record | dict[str, Any], tz: ZoneInfo) -> Referra
             amount_cents=row["amount_cents"],
             currency=row["decided_currency"],
             eligible_on=row["eligible_on"],
-            pay_by=row["pay_by"] if row["outcome"] == "due" else None,
+            pay_by=row["pay_by"] if row["outcome"] == Outcome.DUE else None,
             decided=True,
             **common,
         )
-    family = _best_family(row["held"])
+    family = best_family(row["held"])
     eligible = pay_by = None
-    if row["status"] == "qualified" and first_payment_at is not None:
+    if row["status"] == Status.QUALIFIED and first_payment_at is not None:
         eligible = calendar.eligible_on(first_payment_at, tz)
         pay_by = calendar.pay_by(eligible)
     return ReferralLine(
         plan_family=family,
         status=row["status"],
         reason=row["reason"],
-        amount_cents=REWARD_CENTS[family] if family and row["status"] != "ineligible" else 0,
+        amount_cents=REWARD_CENTS[family] if family and row["status"] != Status.INELIGIBLE else 0,
         currency=row["currency"],
         eligible_on=eligible,
         pay_by=pay_by,

@@ -13,7 +13,7 @@ ten has a cancellation that takes effect after eligibility). The other
 referrals are either pending (no first payment) or paid later, so not decidable
 on ``as_of``.
 
-``python -m payout_scheduler.seed --referrals 1000000 --due 100000 --as-of 2027-04-02``
+``python -m referral_devtools.seed --referrals 1000000 --due 100000 --as-of 2027-04-02``
 seeds the database of ``DATABASE_URL``.
 """
 
@@ -29,7 +29,7 @@ from zoneinfo import ZoneInfo
 
 import asyncpg
 
-from payout_scheduler.core import calendar
+from referral_program import calendar
 
 _ACCOUNTS = """
 insert into accounts (account_id, payee)
@@ -170,10 +170,10 @@ async def seed(
 
 
 def main() -> None:
-    from referrals.db import connect
-    from referrals.settings import load_settings
+    from referral_runtime.db import connect
+    from referral_runtime.settings import load_settings
 
-    parser = argparse.ArgumentParser(prog="python -m payout_scheduler.seed", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m referral_devtools.seed", description=__doc__)
     parser.add_argument("--referrals", type=int, default=1_000_000)
     parser.add_argument("--due", type=int, default=100_000)
     parser.add_argument("--as-of", type=date.fromisoformat, default=date(2027, 4, 2))

@@ -10,7 +10,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaProducer
 
-from referrals.settings import Topics
+from referral_runtime.settings import Topics
 
 Event = dict[str, Any]
 

@@ -5,7 +5,7 @@ What it does, in order:
 1. starts its own embedded PostgreSQL and Tansu under a temporary directory
    (nothing else needs to run) and always stops them at the end, on errors
    and on Ctrl-C too — unless ``--keep`` is given and the run succeeded;
-2. plans a year of billing for a few thousand accounts (:mod:`payout_scheduler.demo_data`);
+2. plans a year of billing for a few thousand accounts (:mod:`referral_devtools.demo_data`);
 3. publishes the referrers' history, lets the consumer assign their codes,
    marks the partners, then goes month by month: publish the month's events,
    wait until the consumer (the service's own code, in this process) applied
@@ -41,17 +41,16 @@ from typing import Any, TextIO
 import asyncpg
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from payout_scheduler import demo_data, support
-from payout_scheduler.core.decisions import DUE, REWARD_CENTS
 from payout_scheduler.metrics import SchedulerMetrics
 from payout_scheduler.service import run_pass
 from referral_consumer.app import ConsumerService
-from referral_consumer.core import codes
-from referrals import devstack
-from referrals.cli import REGISTRARS
-from referrals.db import connect, create_pool
-from referrals.outbox import OutboxRelay, make_producer
-from referrals.settings import Settings, Topics
+from referral_devtools import demo_data, devstack
+from referral_ops import support
+from referral_program import codes
+from referral_program.table import REWARD_CENTS, Outcome, format_money
+from referral_runtime.db import connect, create_pool
+from referral_runtime.outbox import OutboxRelay, make_producer
+from referral_runtime.settings import Settings, Topics
 
 DEFAULT_ACCOUNTS = 3300
 DEFAULT_SEED = 2027
@@ -157,7 +156,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def _quiet_logs() -> None:
     """Only errors: the services' info and expected warnings (dead letters) would bury the
     progress bar; the summary reports them."""
-    from referrals.logs import configure_logging
+    from referral_runtime.logs import configure_logging
 
     configure_logging("ERROR", "console")
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
@@ -326,7 +325,7 @@ class Report:
     due_cents: int = field(init=False, default=0)
 
     def __post_init__(self) -> None:
-        due = [r for r in self.statuses if r["status"] == DUE]
+        due = [r for r in self.statuses if r["status"] == Outcome.DUE]
         self.due_count = sum(r["referrals"] for r in due)
         self.due_cents = sum(r["cents"] for r in due)
 
@@ -358,9 +357,9 @@ async def _run(
                 for day in month.days():
                     result = await run_pass(pool, settings, day, scheduler)
                     decided.total += result.total
-                    decided.due += result.count(DUE)
+                    decided.due += result.count(Outcome.DUE)
                     decided.cash_cents += result.cash_total_cents
-                    if result.count(DUE):
+                    if result.count(Outcome.DUE):
                         await relay.drain()
                     fraction = index - 1 + day.day / len(month.days())
                     progress.show(fraction, len(months), f"{day}", counts, decided)
@@ -649,7 +648,7 @@ def render_summary(report: Report) -> str:
         (r["status"], r["reason"] or "", f"{r['referrals']:,}", _cash(r["cents"])) for r in rows
     ]
     total = sum(r["referrals"] for r in rows)
-    table.append(("total", "", f"{total:,}", _dollars(report.due_cents)))
+    table.append(("total", "", f"{total:,}", format_money(report.due_cents)))
     out += _table(("status", "reason", "referrals", "cash due"), table, right={2, 3})
 
     out.append("")
@@ -669,7 +668,7 @@ def render_summary(report: Report) -> str:
         (
             "total",
             f"{report.due_count:,}",
-            _dollars(report.due_cents),
+            format_money(report.due_cents),
             "",
             f"{sum(r['forfeited'] for r in report.by_month):,}",
             f"{sum(r['ineligible'] for r in report.by_month):,}",
@@ -704,8 +703,8 @@ def render_summary(report: Report) -> str:
         "  paid as: "
         + (
             "; ".join(
-                f"{r['plan_family']} {r['due']:,} × {_dollars(REWARD_CENTS[r['plan_family']])}"
-                f" = {_dollars(r['cents'])}"
+                f"{r['plan_family']} {r['due']:,} × {format_money(REWARD_CENTS[r['plan_family']])}"
+                f" = {format_money(r['cents'])}"
                 for r in report.by_family
             )
             or "nothing"
@@ -745,12 +744,8 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]], *, right: set[i
     return [line(header), *(line(r) for r in rows)]
 
 
-def _dollars(cents: int) -> str:
-    return f"${cents // 100:,}.{cents % 100:02d}"
-
-
 def _cash(cents: int) -> str:
-    return _dollars(cents) if cents else ""
+    return format_money(cents) if cents else ""
 
 
 def _duration(seconds: float) -> str:
@@ -811,8 +806,5 @@ class Progress:
 def _status(counts: Counts, decided: Decided) -> str:
     return (
         f"events {counts.messages:>6,}  decided {decided.total:>5,}  "
-        f"due {_dollars(decided.cash_cents):>13}"
+        f"due {format_money(decided.cash_cents):>13}"
     )
-
-
-REGISTRARS.append(register)

@@ -21,7 +21,7 @@ import structlog
 from aiokafka import AIOKafkaProducer
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from referrals.db import Conn
+from referral_runtime.db import Conn
 
 log = structlog.get_logger(__name__)
 

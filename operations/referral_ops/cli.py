@@ -1,4 +1,8 @@
-"""`referrals code|payee|partner|list|legacy`: support's commands (SPEC §5).
+"""`referrals`: the operator's commands (migrate, support operations, the referral list).
+
+Developer commands (`referrals dev up/down`, `referrals demo`) come from the
+``referral_rewards.cli`` entry points of the developer tools, installed with
+the ``dev`` extra only; production never imports them.
 
 Exit status: 0 done (what was done is printed), 2 wrong input (the message says
 how to fix it; nothing was changed), 1 the database could not be used.
@@ -15,17 +19,22 @@ import json
 import os
 import secrets
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, date, datetime, time
+from importlib.metadata import entry_points
 from pathlib import Path
+from typing import TypeAlias
 
 import asyncpg
 
-from payout_scheduler import support
-from referral_consumer.core import codes
-from referrals.cli import REGISTRARS
-from referrals.db import connect
-from referrals.settings import Settings, load_settings
+from referral_ops import support
+from referral_program import codes
+from referral_program.table import format_money
+from referral_runtime.db import connect
+from referral_runtime.logs import configure_logging
+from referral_runtime.migrate import migrate
+from referral_runtime.referral_state import Outbound
+from referral_runtime.settings import Settings, load_settings
 
 Operation = Callable[[asyncpg.Connection, Settings], Awaitable[str]]
 
@@ -100,6 +109,21 @@ def _guarded(command: Callable[[argparse.Namespace], int]) -> Callable[[argparse
 # --- commands --------------------------------------------------------------------------------
 
 
+def cmd_migrate(args: argparse.Namespace) -> int:
+    settings = load_settings()
+
+    async def run() -> list[int]:
+        conn = await connect(settings.database_url)
+        try:
+            return await migrate(conn)
+        finally:
+            await conn.close()
+
+    applied = asyncio.run(run())
+    print(f"applied migrations: {applied}" if applied else "database is up to date")
+    return 0
+
+
 def cmd_code_rotate(args: argparse.Namespace) -> int:
     actor = _actor(args)
 
@@ -108,7 +132,7 @@ def cmd_code_rotate(args: argparse.Namespace) -> int:
             conn,
             args.account,
             actor=actor,
-            out=support.outbound_for(settings),
+            out=Outbound.from_settings(settings),
             randbits=secrets.randbits,
         )
         report = (
@@ -131,7 +155,7 @@ def cmd_code_revoke(args: argparse.Namespace) -> int:
             args.code,
             account_id=args.account,
             actor=actor,
-            out=support.outbound_for(settings),
+            out=Outbound.from_settings(settings),
             randbits=secrets.randbits,
         )
         report = (
@@ -227,7 +251,7 @@ def cmd_legacy_import(args: argparse.Namespace) -> int:
             rows,
             file=str(path),
             actor=actor,
-            out=support.outbound_for(settings),
+            out=Outbound.from_settings(settings),
             credit_from=credit_from,
         )
         return (
@@ -240,12 +264,6 @@ def cmd_legacy_import(args: argparse.Namespace) -> int:
 
 
 # --- the referral table ----------------------------------------------------------------------
-
-
-def format_money(cents: int, currency: str) -> str:
-    """``100000, "USD"`` -> ``$1,000.00``; other currencies keep their code."""
-    amount = f"{cents // 100:,}.{cents % 100:02d}"
-    return f"${amount}" if currency == "USD" else f"{amount} {currency}"
 
 
 _TABLE_COLUMNS = (
@@ -323,8 +341,32 @@ def _iso_date(text: str) -> date:
         raise argparse.ArgumentTypeError(f"{text!r} is not a date like 2027-01-31") from None
 
 
-def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add support's sub-commands to the ``referrals`` parser."""
+Subcommands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
+#: Entry-point group through which other installed packages add sub-commands.
+PLUGIN_GROUP = "referral_rewards.cli"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``referrals`` parser: operator commands, then any installed plugin commands."""
+    parser = argparse.ArgumentParser(prog="referrals", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("migrate", help="apply database migrations (idempotent)").set_defaults(
+        func=cmd_migrate
+    )
+    _add_support_commands(sub)
+    for plugin in entry_points(group=PLUGIN_GROUP):
+        plugin.load()(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    configure_logging("WARNING", "console")
+    args = build_parser().parse_args(argv)
+    code: int = args.func(args)
+    return code
+
+
+def _add_support_commands(sub: Subcommands) -> None:
     audited = argparse.ArgumentParser(add_help=False)
     audited.add_argument(
         "--actor",
@@ -391,4 +433,5 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     legacy_import.set_defaults(func=_guarded(cmd_legacy_import))
 
 
-REGISTRARS.append(register)
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -11,10 +11,8 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from enum import StrEnum
 
-#: Plan families that earn cash; a first payment must be on one of these.
-QUALIFYING_FAMILIES = frozenset({"virtual_receptionist", "voice_assistant"})
+from referral_program.table import QUALIFYING_FAMILIES, Ineligible, Status
 
 REFERRAL_NAMESPACE = uuid.UUID("0b8f6f5e-8f0c-4d8e-a6a1-5f3d2c9e7b41")
 
@@ -27,23 +25,6 @@ PUBLIC_EMAIL_DOMAINS = frozenset(
         "hey.com", "tutanota.com", "comcast.net", "verizon.net", "att.net", "sbcglobal.net",
     }
 )  # fmt: skip
-
-
-class Status(StrEnum):
-    PENDING = "pending"  # attributed, no qualifying payment yet
-    QUALIFIED = "qualified"  # first payment recorded; the scheduler decides at eligible_on
-    INELIGIBLE = "ineligible"
-
-
-class Ineligible(StrEnum):
-    """Why nobody earns for a referral (SPEC §1), in the order they are checked."""
-
-    SELF_REFERRAL = "self_referral"
-    SAME_ORGANIZATION = "same_organization"
-    SHARED_PAYMENT_METHOD = "shared_payment_method"
-    SAME_EMAIL_DOMAIN = "same_email_domain"
-    EXISTING_CLIENT = "existing_client"
-    PARTNER = "partner_ineligible"
 
 
 @dataclass(frozen=True)

@@ -27,8 +27,8 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from referral_consumer.core import codes as code_rules
-from referrals import synthetic as bill
+from referral_devtools import synthetic as bill
+from referral_program import codes as code_rules
 
 VR = "virtual_receptionist"
 VA = "voice_assistant"

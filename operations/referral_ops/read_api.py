@@ -26,10 +26,10 @@ from urllib.parse import unquote
 import asyncpg
 import structlog
 
-from payout_scheduler.support import UnknownAccount, referrals_page
-from referral_consumer.core import codes
-from referrals.db import TRANSIENT_DB_ERRORS
-from referrals.settings import Settings
+from referral_ops.support import UnknownAccount, referrals_page
+from referral_program import codes
+from referral_runtime.db import TRANSIENT_DB_ERRORS
+from referral_runtime.settings import Settings
 
 log = structlog.get_logger(__name__)
 

@@ -24,7 +24,7 @@ class Migration:
 
 def available_migrations() -> list[Migration]:
     """Migrations shipped in the package, ordered by their number prefix."""
-    folder = importlib.resources.files("referrals") / "migrations"
+    folder = importlib.resources.files("referral_runtime") / "migrations"
     found = []
     for entry in folder.iterdir():
         match = re.fullmatch(r"(\d{4})_(\w+)\.sql", entry.name)

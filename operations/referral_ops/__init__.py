@@ -1,0 +1,1 @@
+"""Operations: support commands, the read model and read API, the `referrals` CLI."""

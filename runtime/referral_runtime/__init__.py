@@ -1,0 +1,1 @@
+"""Runtime shared by the services and operations: settings, logging, database, migrations, outbox relay, retries."""

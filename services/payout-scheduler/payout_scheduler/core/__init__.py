@@ -1,1 +1,0 @@
-"""Pure payout rules: business days, due dates and payout decisions; no I/O, no clock reads."""
