@@ -5,9 +5,15 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 PYTEST_FLAGS ?=
+# The image the manifests run: name and tag from deploy/k8s/release/ (the one place they are set).
+RELEASE := deploy/k8s/release/kustomization.yaml
+IMAGE ?= $(shell sed -n 's/^ *newName: *"\{0,1\}\([^" ]*\)"\{0,1\} *$$/\1/p' $(RELEASE) | head -1)
+VERSION ?= $(shell sed -n 's/^ *newTag: *"\{0,1\}\([^" ]*\)"\{0,1\} *$$/\1/p' $(RELEASE) | head -1)
+LOCK := $(BIN)/uv pip compile pyproject.toml --universal --python-version 3.11 --generate-hashes --custom-compile-command 'make lock' --quiet
+LOCK_FLAGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install deps run demo test test-all bench soak lint schemas dev-up dev-down clean
+.PHONY: help install deps run demo test test-all bench soak lint schemas dev-up dev-down clean image lock monitoring
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -39,7 +45,11 @@ test-all: install deps ## the suite plus slow soak tests
 bench: install ## benchmarks against same-run baselines; writes bench/results.json
 	$(BIN)/python -m bench.run
 
-lint: install ## ruff + mypy (strict on the pure cores and the schemas)
+lint: install deps ## ruff + mypy, hadolint on the Dockerfile, promtool on the alerts
+	$(BIN)/hadolint Dockerfile
+	promtool check rules deploy/prometheus/alerts.yml
+	promtool test rules deploy/prometheus/alerts_test.yml
+	$(BIN)/python deploy/prometheus/generate_operator.py --check
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy services/referral-consumer/referral_consumer/core services/payout-scheduler/payout_scheduler/core schemas/referral_events
@@ -47,6 +57,17 @@ lint: install ## ruff + mypy (strict on the pure cores and the schemas)
 
 schemas: install ## regenerate JSON Schema + AsyncAPI from the pydantic models
 	$(BIN)/python -m referral_events.generate
+
+image: ## build the image deploy/k8s/release/ names, tagged with its version (needs a Docker engine)
+	@docker info >/dev/null 2>&1 || { echo "make image: no Docker engine is reachable here ('docker info' fails); build on a machine that has one" >&2; exit 1; }
+	docker build --pull --build-arg VERSION=$(VERSION) -t $(IMAGE):$(VERSION) .
+
+lock: install ## refresh requirements.lock and requirements-dev.lock from pyproject.toml (LOCK_FLAGS=--upgrade)
+	$(LOCK) $(LOCK_FLAGS) -o requirements.lock
+	$(LOCK) $(LOCK_FLAGS) --extra dev --constraint requirements.lock -o requirements-dev.lock
+
+monitoring: install ## regenerate deploy/k8s/monitoring/ (PrometheusRule, ServiceMonitor) from deploy/prometheus/
+	$(BIN)/python deploy/prometheus/generate_operator.py
 
 dev-up: install ## start PostgreSQL + Tansu in the background (.dev/stack.env)
 	$(BIN)/referrals dev up
