@@ -37,7 +37,7 @@ async def measure(cfg: dict[str, Any]) -> dict[str, Any]:
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
     from payout_scheduler.metrics import SchedulerMetrics
-    from payout_scheduler.service import run_pass
+    from payout_scheduler.passes import run_pass
     from referral_devtools.seed import seed
     from referral_program.table import Outcome
     from referral_runtime.db import connect, create_pool

@@ -42,10 +42,10 @@ import asyncpg
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from payout_scheduler.metrics import SchedulerMetrics
-from payout_scheduler.service import run_pass
+from payout_scheduler.passes import run_pass
 from referral_consumer.app import ConsumerService
 from referral_devtools import demo_data, devstack
-from referral_ops import support
+from referral_ops import partners
 from referral_program import codes
 from referral_program.table import REWARD_CENTS, Outcome, format_money
 from referral_runtime.db import connect, create_pool
@@ -400,7 +400,7 @@ async def _setup(
             referrers,
         )
         for partner in plan.partners:
-            await support.set_partner(conn, partner, True, actor=ACTOR)
+            await partners.set_partner(conn, partner, True, actor=ACTOR)
     finally:
         await conn.close()
     assigned = {r["account_id"]: codes.display(r["code"]) for r in rows}

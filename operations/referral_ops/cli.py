@@ -27,7 +27,7 @@ from typing import TypeAlias
 
 import asyncpg
 
-from referral_ops import support
+from referral_ops import code_changes, legacy, listing, partners, payees, support
 from referral_program import codes
 from referral_program.table import format_money
 from referral_runtime.db import connect
@@ -128,7 +128,7 @@ def cmd_code_rotate(args: argparse.Namespace) -> int:
     actor = _actor(args)
 
     async def op(conn: asyncpg.Connection, settings: Settings) -> str:
-        done = await support.rotate_code(
+        done = await code_changes.rotate_code(
             conn,
             args.account,
             actor=actor,
@@ -150,7 +150,7 @@ def cmd_code_revoke(args: argparse.Namespace) -> int:
     actor = _actor(args)
 
     async def op(conn: asyncpg.Connection, settings: Settings) -> str:
-        done = await support.revoke_code(
+        done = await code_changes.revoke_code(
             conn,
             args.code,
             account_id=args.account,
@@ -176,7 +176,7 @@ def cmd_payee_set(args: argparse.Namespace) -> int:
     actor = _actor(args)
 
     async def op(conn: asyncpg.Connection, settings: Settings) -> str:
-        done = await support.set_payee(
+        done = await payees.set_payee(
             conn, args.referrer, args.payee, referee_account_id=args.referee, actor=actor
         )
         was = f" (was {done.previous})" if done.previous else ""
@@ -200,7 +200,7 @@ def _cmd_partner(is_partner: bool) -> Callable[[argparse.Namespace], int]:
         actor = _actor(args)
 
         async def op(conn: asyncpg.Connection, settings: Settings) -> str:
-            done = await support.set_partner(conn, args.account, is_partner, actor=actor)
+            done = await partners.set_partner(conn, args.account, is_partner, actor=actor)
             state = "a partner" if is_partner else "not a partner"
             if not done.changed:
                 return f"account {done.account_id} is already {state}; nothing changed"
@@ -217,7 +217,7 @@ def _cmd_partner(is_partner: bool) -> Callable[[argparse.Namespace], int]:
 
 def cmd_list(args: argparse.Namespace) -> int:
     async def op(conn: asyncpg.Connection, settings: Settings) -> str:
-        page = await support.referrals_page(conn, args.referrer, settings, datetime.now(UTC))
+        page = await listing.referrals_page(conn, args.referrer, settings, datetime.now(UTC))
         if args.format == "json":
             return json.dumps(page.to_json(), indent=2)
         return render_table(page)
@@ -236,7 +236,7 @@ def cmd_legacy_import(args: argparse.Namespace) -> int:
     except OSError as exc:
         raise support.InvalidInput(f"{path}: can't read it ({exc.strerror})") from None
     try:
-        rows = support.parse_legacy_csv(support.decode_legacy_csv(data), settings.program_currency)
+        rows = legacy.parse_legacy_csv(legacy.decode_legacy_csv(data), settings.program_currency)
     except support.LegacyImportError as exc:
         raise support.LegacyImportError([f"{path}: {e}" for e in exc.errors]) from None
     credit_from = (
@@ -246,7 +246,7 @@ def cmd_legacy_import(args: argparse.Namespace) -> int:
     )
 
     async def op(conn: asyncpg.Connection, settings: Settings) -> str:
-        done = await support.import_legacy(
+        done = await legacy.import_legacy(
             conn,
             rows,
             file=str(path),
@@ -280,7 +280,7 @@ _TABLE_COLUMNS = (
 )
 
 
-def render_table(page: support.ReferralsPage) -> str:
+def render_table(page: listing.ReferralsPage) -> str:
     """The referrals of one referrer as aligned columns (amounts right-aligned)."""
     title = f"referrals of {page.account_id}"
     if page.code:

@@ -26,7 +26,8 @@ from urllib.parse import unquote
 import asyncpg
 import structlog
 
-from referral_ops.support import UnknownAccount, referrals_page
+from referral_ops.listing import referrals_page
+from referral_ops.support import UnknownAccount
 from referral_program import codes
 from referral_runtime.db import TRANSIENT_DB_ERRORS
 from referral_runtime.settings import Settings

@@ -10,20 +10,25 @@ dedupe on that id (``payout_id`` for payouts).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-from collections.abc import Sequence
+import time
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
 import structlog
 from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from referral_runtime.db import Conn
+from referral_runtime.retry import Backoff, sleep_unless_stopped
 
 log = structlog.get_logger(__name__)
+
+#: The backlog gauges (and the caller's own) are refreshed at least this often.
+GAUGE_REFRESH_SECONDS = 5.0
 
 
 @dataclass(frozen=True)
@@ -102,6 +107,9 @@ class OutboxRelay:
         self._metrics = metrics
         self._batch = batch
         self._poll = poll_seconds
+        #: Whether the last attempt reached the database and the broker.
+        self.db_ok = True
+        self.broker_ok = True
 
     async def publish_pending(self) -> int:
         """Claim, publish and mark one batch; returns how many rows were published."""
@@ -160,21 +168,49 @@ class OutboxRelay:
         await self.refresh_backlog()
         return total
 
-    async def run(self, stopping: asyncio.Event) -> None:
-        """Relay until ``stopping`` is set; broker or database outages back off and retry."""
-        delay = self._poll
+    async def run(
+        self,
+        stopping: asyncio.Event,
+        *,
+        refresh: Callable[[], Awaitable[object]] | None = None,
+        on_health: Callable[[], None] | None = None,
+    ) -> None:
+        """Relay until ``stopping`` is set; broker or database outages back off and retry.
+
+        The backlog gauges, and ``refresh`` if given, are updated after every
+        publish and at least every :data:`GAUGE_REFRESH_SECONDS`; ``on_health``
+        is called after every attempt, with :attr:`db_ok` and :attr:`broker_ok` set.
+        """
+        backoff = Backoff(self._poll, 10.0)
+        gauges_due = 0.0
         while not stopping.is_set():
+            published = 0
             try:
                 published = await self.publish_pending()
-                await self.refresh_backlog()
+                if published or time.monotonic() >= gauges_due:
+                    await self.refresh_backlog()
+                    if refresh is not None:
+                        await refresh()
+                    gauges_due = time.monotonic() + GAUGE_REFRESH_SECONDS
+                self.db_ok = self.broker_ok = True
+                backoff.reset()
                 delay = self._poll
             except Exception as exc:  # database or broker outage: back off, keep relaying
-                log.warning("outbox_relay_failed", error=type(exc).__name__, detail=str(exc)[:200])
-                published = 0
-                delay = min(delay * 2, 10.0)
+                if isinstance(exc, KafkaError):
+                    self.broker_ok = False
+                else:
+                    self.db_ok = False
+                delay = backoff.next_delay()
+                log.warning(
+                    "outbox_relay_failed",
+                    error=type(exc).__name__,
+                    detail=str(exc)[:200],
+                    retry_in_s=round(delay, 2),
+                )
+            if on_health is not None:
+                on_health()
             if published < self._batch:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stopping.wait(), timeout=delay)
+                await sleep_unless_stopped(stopping, delay)
 
 
 def _headers(value: Any) -> dict[str, Any]:

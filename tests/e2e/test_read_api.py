@@ -14,7 +14,7 @@ import asyncpg
 import pytest
 
 from referral_devtools import synthetic as bill
-from referral_ops import support
+from referral_ops import code_changes, listing
 from referral_ops.read_api import ReadApi
 from referral_program import codes
 from referral_runtime.db import create_pool
@@ -116,9 +116,9 @@ async def test_code_lookup_for_the_sign_up_page(
     await feed(db, settings, bill.subscription_created("ref-1", "s-1", "chat", T0))
     first = await active_code(db, "ref-1")
     out = Outbound.from_settings(settings)
-    await support.rotate_code(db, "ref-1", actor="t", out=out, randbits=secrets.randbits)
+    await code_changes.rotate_code(db, "ref-1", actor="t", out=out, randbits=secrets.randbits)
     second = await active_code(db, "ref-1")
-    await support.revoke_code(db, second, actor="t", out=out, randbits=secrets.randbits)
+    await code_changes.revoke_code(db, second, actor="t", out=out, randbits=secrets.randbits)
 
     typed = codes.display(first).lower().replace("-", " ").replace("0", "o")
     alias = await call(api, "/v1/codes/" + typed.replace(" ", "%20"))
@@ -174,7 +174,7 @@ async def test_a_referrers_page(
     assert response.status == 200, response.body
     page = response.json()
     async with pool.acquire() as conn:
-        expected = await support.referrals_page(conn, "ref/1", settings, NOW)
+        expected = await listing.referrals_page(conn, "ref/1", settings, NOW)
     assert page == expected.to_json()  # the same document as `referrals list --format json`
     assert page["code"] == code
     assert page["link"] == f"{settings.referral_link_base}/{code}"

@@ -18,7 +18,7 @@ import asyncpg
 from prometheus_client.parser import text_string_to_metric_families
 
 from payout_scheduler.metrics import SchedulerMetrics
-from payout_scheduler.service import catch_up, run_pass
+from payout_scheduler.passes import catch_up, run_pass
 from referral_devtools import synthetic as bill
 from referral_devtools.devstack import free_port
 from referral_devtools.seed import seed

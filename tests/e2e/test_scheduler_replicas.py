@@ -19,7 +19,7 @@ import asyncpg
 from prometheus_client import CollectorRegistry
 
 from payout_scheduler.metrics import SchedulerMetrics
-from payout_scheduler.service import run_pass
+from payout_scheduler.passes import run_pass
 from referral_devtools.devstack import free_port
 from referral_devtools.seed import seed
 from referral_program.decisions import decidable_before, payout_id_for

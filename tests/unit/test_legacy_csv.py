@@ -4,12 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from referral_ops.support import (
-    LegacyImportError,
-    LegacyRow,
-    decode_legacy_csv,
-    parse_legacy_csv,
-)
+from referral_ops.legacy import LegacyRow, decode_legacy_csv, parse_legacy_csv
+from referral_ops.support import LegacyImportError
 
 HEADER = "referrer_account_id,referee_account_id,monthly_credit_cents\n"
 

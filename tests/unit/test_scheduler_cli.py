@@ -8,7 +8,7 @@ from datetime import date
 import pytest
 
 from payout_scheduler.main import as_of_date, main
-from payout_scheduler.service import PassResult
+from payout_scheduler.passes import PassResult
 
 
 def test_as_of_is_an_iso_date() -> None:

@@ -14,7 +14,7 @@ from prometheus_client import CollectorRegistry
 
 from payout_scheduler import store
 from payout_scheduler.metrics import SchedulerMetrics
-from payout_scheduler.service import catch_up, refresh_due_soon, run_pass
+from payout_scheduler.passes import catch_up, refresh_due_soon, run_pass
 from referral_devtools.seed import seed
 from referral_events import PayoutDue
 from referral_program.decisions import (

@@ -10,15 +10,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import signal
 import sys
 from collections.abc import Sequence
 from datetime import date
 
+import uvicorn
 from aiokafka.errors import KafkaError
 
+from payout_scheduler.app import create_app
+from payout_scheduler.metrics import SchedulerMetrics
+from payout_scheduler.service import SchedulerService, tick
 from referral_runtime.db import TRANSIENT_DB_ERRORS
 from referral_runtime.logs import configure_logging
-from referral_runtime.settings import load_settings
+from referral_runtime.settings import Settings, load_settings
 
 
 def as_of_date(text: str) -> date:
@@ -51,9 +56,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     settings = load_settings()
     configure_logging(settings.log_level, settings.log_format)
-    from payout_scheduler.metrics import SchedulerMetrics
-    from payout_scheduler.service import run_forever, tick
-
     if args.command is None:
         asyncio.run(run_forever(settings))
         return 0
@@ -72,6 +74,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"message(s); {result.backlog} left unpublished."
     )
     return 0
+
+
+async def run_forever(settings: Settings) -> None:
+    """Serve ``/healthz``, ``/readyz`` and ``/metrics`` and run the scheduler until SIGTERM."""
+    service = SchedulerService(settings)
+    config = uvicorn.Config(
+        create_app(service),
+        host="0.0.0.0",
+        port=settings.http_port,
+        lifespan="on",
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=5,
+    )
+    # uvicorn re-raises the signal it caught once shut down; a no-op handler
+    # turns that into a normal return (exit status 0).
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: None)
+    await uvicorn.Server(config).serve()
 
 
 if __name__ == "__main__":

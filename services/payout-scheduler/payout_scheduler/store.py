@@ -4,7 +4,7 @@ Every statement is set-based: a chunk of referrals costs one locking select
 (which brings the referees' subscriptions and cancellations along) and one
 statement that inserts its ``payouts`` and ``outbox`` rows, whatever the chunk
 size; the candidate ids come from one unlocked select per page of chunks. The functions run inside
-the caller's transaction; :mod:`payout_scheduler.service` owns it.
+the caller's transaction; :mod:`payout_scheduler.passes` owns it.
 """
 
 from __future__ import annotations

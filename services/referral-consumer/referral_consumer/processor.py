@@ -19,6 +19,7 @@ from referral_consumer.store import BatchResult, apply_batch
 from referral_events import DeadLetterReason
 from referral_runtime.db import TRANSIENT_DB_ERRORS
 from referral_runtime.referral_state import Outbound
+from referral_runtime.retry import Backoff, sleep_unless_stopped
 
 log = structlog.get_logger(__name__)
 
@@ -104,7 +105,7 @@ class BatchProcessor:
         return result
 
     async def _apply_with_retry(self, plan: BatchPlan) -> BatchResult:
-        delay = 0.1
+        backoff = Backoff(0.1, self._max_backoff)
         while True:
             try:
                 result = await self._apply_isolating(plan)
@@ -112,18 +113,16 @@ class BatchProcessor:
                 self.db_healthy = False
                 self._metrics.ready.set(0)
                 self._metrics.db_retries.inc()
+                delay = backoff.next_delay()
                 log.warning(
                     "database_unavailable_retrying",
                     error=type(exc).__name__,
                     retry_in_s=round(delay, 2),
                     batch=len(plan.events) + len(plan.repeats) + len(plan.dead),
                 )
-                try:
-                    await asyncio.wait_for(self._stopping.wait(), timeout=delay)
-                except TimeoutError:
-                    delay = min(delay * 2, self._max_backoff)
-                    continue
-                raise ShuttingDown from exc
+                if await sleep_unless_stopped(self._stopping, delay):
+                    raise ShuttingDown from exc
+                continue
             if not self.db_healthy:
                 log.info("database_available_again")
             self.db_healthy = True

@@ -1,0 +1,297 @@
+"""The legacy monthly-credit program: CSV import of legacy referrals and their credits."""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal, InvalidOperation
+
+import asyncpg
+import asyncpg.pool
+
+from referral_ops.support import (
+    LegacyImportError,
+    audit,
+    checked_actor,
+)
+from referral_runtime.outbox import enqueue
+from referral_runtime.referral_state import (
+    REFERRAL_STATE_LOCK,
+    Outbound,
+    credit_earned_message,
+)
+
+_BIGINT_MAX = 2**63 - 1
+
+
+_COLUMNS = ("referrer_account_id", "referee_account_id", "monthly_credit_cents")
+_COLUMN_ALIASES = {"referrer": "referrer_account_id", "referee": "referee_account_id"}
+_CURRENCY = re.compile(r"^[A-Z]{3}$")
+_INTEGER = re.compile(r"^[+-]?[0-9]+$")
+
+
+@dataclass(frozen=True)
+class LegacyRow:
+    """One legacy referral from the CSV, with the line it came from."""
+
+    line: int
+    referrer_account_id: str
+    referee_account_id: str
+    monthly_credit_cents: int
+    currency: str
+
+
+def decode_legacy_csv(data: bytes) -> str:
+    """The file's text; a UTF-8 byte-order mark is allowed, anything not UTF-8 is refused."""
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise LegacyImportError(
+            [
+                f"line {line}: not UTF-8 text (byte 0x{data[exc.start]:02X}); "
+                "save the file as CSV UTF-8 and import it again"
+            ]
+        ) from None
+
+
+def _header(names: list[str]) -> tuple[dict[str, int] | None, str | None]:
+    found = [n.strip().lower() for n in names]
+    canonical = [_COLUMN_ALIASES.get(n, n) for n in found]
+    problems = []
+    missing = [c for c in _COLUMNS if c not in canonical]
+    if missing:
+        problems.append("missing " + ", ".join(missing))
+    unknown = [n for n, c in zip(found, canonical, strict=True) if c not in (*_COLUMNS, "currency")]
+    if unknown:
+        problems.append("unknown " + ", ".join(repr(n) for n in unknown))
+    duplicated = sorted({c for c in canonical if canonical.count(c) > 1})
+    if duplicated:
+        problems.append("repeated " + ", ".join(duplicated))
+    if problems:
+        return None, (
+            "line 1: wrong header ("
+            + "; ".join(problems)
+            + f"): expected {','.join(_COLUMNS)} with an optional currency column "
+            + "(referrer,referee,monthly_credit_cents also accepted), found "
+            + repr(",".join(names))
+        )
+    return {c: i for i, c in enumerate(canonical)}, None
+
+
+def _cents(value: str) -> tuple[int | None, str | None]:
+    text = value.strip()
+    if not text:
+        return None, "monthly_credit_cents is empty"
+    if not _INTEGER.match(text):
+        try:
+            amount = Decimal(text)
+        except InvalidOperation:
+            return None, f"monthly_credit_cents {text!r} is not a number of cents"
+        if amount.is_finite() and amount > 0:
+            hint = amount * 100
+            as_cents = (
+                f" (for {text} write {int(hint)})" if hint == hint.to_integral_value() else ""
+            )
+            return None, (
+                f"monthly_credit_cents {text!r} is not a whole number: cents are integers{as_cents}"
+            )
+        return None, f"monthly_credit_cents {text!r} is not a whole number: cents are integers"
+    cents = int(text)
+    if cents <= 0:
+        return None, f"monthly_credit_cents must be more than 0, found {cents}"
+    if cents > _BIGINT_MAX:
+        return None, f"monthly_credit_cents {cents} is too large"
+    return cents, None
+
+
+def parse_legacy_csv(text: str, program_currency: str) -> list[LegacyRow]:
+    """Every row of a legacy referral CSV, validated; :class:`LegacyImportError` lists every
+    bad line (numbered from 1, the header) so the whole file can be fixed in one go.
+
+    Header ``referrer_account_id,referee_account_id,monthly_credit_cents`` (or
+    ``referrer,referee,...``) in any order, optional ``currency`` (default and
+    only accepted value: ``program_currency``). Blank lines are skipped.
+    """
+    reader = csv.reader(io.StringIO(text, newline=""))
+    try:
+        header = next(reader, None)
+        while header is not None and not any(f.strip() for f in header):
+            header = next(reader, None)
+        if header is None:
+            raise LegacyImportError(
+                [f"the file is empty: expected the header {','.join(_COLUMNS)} and rows"]
+            )
+        columns, problem = _header(header)
+        if columns is None:
+            raise LegacyImportError([problem or "line 1: wrong header"])
+        rows: list[LegacyRow] = []
+        errors: list[str] = []
+        first_line_of: dict[str, int] = {}
+        for fields in reader:
+            line = reader.line_num
+            if not any(f.strip() for f in fields):
+                continue
+            if len(fields) != len(header):
+                errors.append(f"line {line}: expected {len(header)} fields, found {len(fields)}")
+                continue
+            row_errors = []
+            referrer = fields[columns["referrer_account_id"]].strip()
+            referee = fields[columns["referee_account_id"]].strip()
+            if not referrer:
+                row_errors.append("referrer_account_id is empty")
+            if not referee:
+                row_errors.append("referee_account_id is empty")
+            cents, cents_error = _cents(fields[columns["monthly_credit_cents"]])
+            if cents_error:
+                row_errors.append(cents_error)
+            currency = program_currency
+            if "currency" in columns:
+                currency = fields[columns["currency"]].strip().upper() or program_currency
+                if not _CURRENCY.match(currency):
+                    row_errors.append(f"currency {currency!r} is not an ISO 4217 code like USD")
+                elif currency != program_currency:
+                    row_errors.append(
+                        f"currency {currency} is not the program currency {program_currency}"
+                    )
+            if referrer and referrer == referee:
+                row_errors.append(
+                    f"referrer and referee are the same account ({referee}); "
+                    "nobody earns for referring themselves"
+                )
+            if referee in first_line_of:
+                row_errors.append(
+                    f"referee {referee} is already on line {first_line_of[referee]}; "
+                    "a referee has one legacy referral"
+                )
+            elif referee:
+                first_line_of[referee] = line
+            if row_errors:
+                errors.extend(f"line {line}: {e}" for e in row_errors)
+            elif cents is not None:
+                rows.append(LegacyRow(line, referrer, referee, cents, currency))
+    except csv.Error as exc:
+        raise LegacyImportError([f"line {reader.line_num}: not valid CSV ({exc})"]) from None
+    if errors:
+        raise LegacyImportError(errors)
+    if not rows:
+        raise LegacyImportError(["the file has a header but no rows"])
+    return rows
+
+
+@dataclass(frozen=True)
+class LegacyImported:
+    file: str
+    rows: int
+    new: int
+    credits: int  # credits backfilled for invoices paid before the import
+
+    @property
+    def already_imported(self) -> int:
+        return self.rows - self.new
+
+
+_INSERT_LEGACY = """
+insert into legacy_referrals (referee_account_id, referrer_account_id, monthly_credit_cents,
+    currency, imported_by)
+select e, r, c, cur, $5 from unnest($1::text[], $2::text[], $3::bigint[], $4::text[])
+    as t(e, r, c, cur)
+on conflict (referee_account_id) do nothing
+returning referee_account_id
+"""
+
+_BACKFILL_CREDITS = """
+insert into legacy_credits (invoice_id, referee_account_id, referrer_account_id, amount_cents,
+    currency)
+select i.invoice_id, i.account_id, l.referrer_account_id, l.monthly_credit_cents, l.currency
+from invoices i
+join legacy_referrals l on l.referee_account_id = i.account_id
+where i.account_id = any($1::text[])
+  and i.amount_paid_cents > 0
+  and ($2::timestamptz is null or i.paid_at >= $2)
+order by i.paid_at, i.invoice_id
+on conflict do nothing
+returning invoice_id, referee_account_id, referrer_account_id, amount_cents, currency
+"""
+
+
+async def import_legacy(
+    conn: asyncpg.Connection,
+    rows: Sequence[LegacyRow],
+    *,
+    file: str,
+    actor: str,
+    out: Outbound,
+    credit_from: datetime | None = None,
+) -> LegacyImported:
+    """Import legacy referrals, all or nothing, and credit the invoices already paid.
+
+    Re-importing identical rows changes nothing. A row whose referee already has
+    a *different* legacy referral fails the whole import. Every known paid
+    invoice of an imported referee (from ``credit_from`` on, if given) gets one
+    ``referral.credit.earned``; the consumer credits the invoices that arrive later.
+    """
+    actor = checked_actor(actor)
+    if not rows:
+        raise LegacyImportError(["the file has a header but no rows"])
+    referees = [r.referee_account_id for r in rows]
+    async with conn.transaction():
+        # The consumer credits new invoices under this lock: holding it here means every
+        # invoice is seen either by this backfill or by a batch that sees these rows.
+        await conn.execute("select pg_advisory_xact_lock($1)", REFERRAL_STATE_LOCK)
+        existing = {
+            r["referee_account_id"]: r
+            for r in await conn.fetch(
+                """select referee_account_id, referrer_account_id, monthly_credit_cents,
+                          currency, imported_at, imported_by
+                   from legacy_referrals where referee_account_id = any($1::text[])""",
+                referees,
+            )
+        }
+        errors = []
+        for row in rows:
+            had = existing.get(row.referee_account_id)
+            if had is not None and (
+                had["referrer_account_id"],
+                had["monthly_credit_cents"],
+                had["currency"],
+            ) != (row.referrer_account_id, row.monthly_credit_cents, row.currency):
+                errors.append(
+                    f"line {row.line}: referee {row.referee_account_id} already has a legacy "
+                    f"referral from {had['referrer_account_id']} at "
+                    f"{had['monthly_credit_cents']} {had['currency']} cents a month "
+                    f"(imported {had['imported_at']:%Y-%m-%d} by {had['imported_by']}); "
+                    "remove the row or fix it"
+                )
+        if errors:
+            raise LegacyImportError(errors)
+        new = await conn.fetch(
+            _INSERT_LEGACY,
+            referees,
+            [r.referrer_account_id for r in rows],
+            [r.monthly_credit_cents for r in rows],
+            [r.currency for r in rows],
+            actor,
+        )
+        credits = await conn.fetch(_BACKFILL_CREDITS, referees, credit_from)
+        await enqueue(conn, [credit_earned_message(out.credit_earned, c) for c in credits])
+        result = LegacyImported(file, len(rows), len(new), len(credits))
+        await audit(
+            conn,
+            actor,
+            "legacy.import",
+            file,
+            {
+                "file": file,
+                "rows": result.rows,
+                "new": result.new,
+                "already_imported": result.already_imported,
+                "credits_backfilled": result.credits,
+                "credit_from": credit_from.isoformat() if credit_from else None,
+            },
+        )
+    return result
