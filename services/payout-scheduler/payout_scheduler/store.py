@@ -155,12 +155,20 @@ async def lock_decidable(
     head: asyncpg.Record | None = None  # the first row of the referral being read
     spans: list[tuple[str, str, datetime, datetime | None, datetime | None]] = []
     for row in rows:  # in referral order, so a referral's rows are adjacent
-        if head is None or row[0] != head[0]:
+        if head is None or row["referral_id"] != head["referral_id"]:
             if head is not None:
                 facts.append(_facts(head, spans))
             head, spans = row, []
-        if row[10] is not None:  # subscription_id: the referee holds a qualifying one
-            spans.append((row[10], row[11], row[12], row[13], row[14]))
+        if row["subscription_id"] is not None:  # the referee holds a qualifying one
+            spans.append(
+                (
+                    row["subscription_id"],
+                    row["plan_family"],
+                    row["created_at"],
+                    row["cancelled_at"],
+                    row["effective_at"],
+                )
+            )
     if head is not None:
         facts.append(_facts(head, spans))
     return facts
@@ -169,19 +177,18 @@ async def lock_decidable(
 def _facts(
     head: asyncpg.Record, spans: list[tuple[str, str, datetime, datetime | None, datetime | None]]
 ) -> ReferralFacts:
-    # Positional (the select's column order): a pass builds 10^5 of these.
     return ReferralFacts(
-        head[0],
-        head[1],
-        head[2],
-        head[3],
-        head[4],
-        head[5],
-        head[6],
-        head[7],
-        head[8],
-        head[9],
-        _spans(spans),
+        referral_id=head["referral_id"],
+        referrer_account_id=head["referrer_account_id"],
+        referee_account_id=head["referee_account_id"],
+        referral_code=head["referral_code"],
+        currency=head["currency"],
+        status=head["status"],
+        reason=head["reason"],
+        first_payment_at=head["first_payment_at"],
+        referrer_is_partner=head["referrer_is_partner"],
+        payee=head["payee"],
+        subscriptions=_spans(spans),
     )
 
 

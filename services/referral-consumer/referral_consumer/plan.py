@@ -2,8 +2,8 @@
 
 Pure (no I/O): everything about a batch that does not depend on what the
 database holds -- intra-batch duplicates, the inbox rows, the column arrays of
-every fact table, the code each ``subscription.created`` carries in normal
-form -- is computed here, while the previous batch's transaction is still
+every fact table beside the statement that takes them, the code each
+``subscription.created`` carries in normal form -- is computed here, while the previous batch's transaction is still
 running. The transaction then only sends these arrays and does the little
 that needs the database's answers (which events are new, who owns a code,
 which referrals to recompute), so Postgres is not kept waiting on Python.
@@ -25,6 +25,39 @@ from referral_program.attribution import PUBLIC_EMAIL_DOMAINS, email_domain, fin
 #: ``subscriptions.code_state`` of a sign-up without a code, with one that cannot be a code
 #: (see ``codes.try_normalise``), and with a well-formed one to look up.
 NO_CODE, MALFORMED_CODE, CODE = "none", "malformed", "code"
+
+
+# Run by the store under the batch lock, where the code is resolved: 'unknown' covers a malformed code and
+# one nobody owns; an alias still attributes to its owner, a revoked code to nobody.
+INSERT_SUBSCRIPTIONS = """
+with inserted as (
+    insert into subscriptions (subscription_id, account_id, event_id, created_at, plan_family,
+        plan_id, currency, first_time_client, referral_code, code_outcome, referrer_account_id,
+        email_domain, organization_id, payment_fingerprint_hash)
+    select s.subscription_id, s.account_id, s.event_id, s.created_at, s.plan_family, s.plan_id,
+           s.currency, s.first_time_client, s.referral_code,
+           case when s.code_state = 'none' then 'none'
+                when c.status is null then 'unknown'
+                when c.status = 'revoked' then 'revoked'
+                else 'known' end,
+           case when c.status <> 'revoked' then c.account_id end,
+           s.email_domain, s.organization_id, s.payment_fingerprint_hash
+    from unnest($1::text[], $2::text[], $3::uuid[], $4::timestamptz[], $5::text[], $6::text[],
+                $7::text[], $8::bool[], $9::text[], $10::text[], $11::text[], $12::text[],
+                $13::text[])
+         as s(subscription_id, account_id, event_id, created_at, plan_family, plan_id, currency,
+              first_time_client, referral_code, code_state, email_domain, organization_id,
+              payment_fingerprint_hash)
+    left join referral_codes c on c.code = s.referral_code
+    on conflict do nothing
+    returning code_outcome, referral_code
+)
+select case when code_outcome = 'revoked' then 'revoked'
+            when referral_code is null then 'malformed'
+            else 'unknown' end as kind,
+       count(*) as n
+from inserted where code_outcome in ('unknown', 'revoked') group by 1
+"""
 
 
 @dataclass
@@ -76,7 +109,7 @@ class SubscriptionColumns:
         )
 
     def arrays(self) -> tuple[list[Any], ...]:
-        """The statement's parameters, in ``store._INSERT_SUBSCRIPTIONS`` order."""
+        """The parameters of :data:`INSERT_SUBSCRIPTIONS`, in its order."""
         return (
             self.subscription_id,
             self.account_id,
@@ -94,6 +127,31 @@ class SubscriptionColumns:
         )
 
 
+INSERT_INBOX = """
+insert into inbox (event_id, event_type, topic, "partition", "offset")
+select * from unnest($1::uuid[], $2::text[], $3::text[], $4::int[], $5::bigint[])
+on conflict do nothing
+returning event_id
+"""
+
+INSERT_INVOICES = """
+insert into invoices (invoice_id, account_id, subscription_id, event_id, paid_at,
+    amount_paid_cents, discount_cents, currency)
+select * from unnest($1::text[], $2::text[], $3::text[], $4::uuid[], $5::timestamptz[],
+    $6::bigint[], $7::bigint[], $8::text[])
+on conflict do nothing
+returning invoice_id, account_id, amount_paid_cents, paid_at
+"""
+
+INSERT_CANCELLATIONS = """
+insert into cancellations (event_id, subscription_id, account_id, cancelled_at, effective_at,
+    reason)
+select * from unnest($1::uuid[], $2::text[], $3::text[], $4::timestamptz[], $5::timestamptz[],
+    $6::text[])
+on conflict do nothing
+"""
+
+
 @dataclass
 class BatchPlan:
     """What a batch will write, before any of it is written.
@@ -109,7 +167,7 @@ class BatchPlan:
     created: SubscriptionColumns = field(default_factory=SubscriptionColumns)
     paid: list[InvoicePaid] = field(default_factory=list)
     cancelled: list[SubscriptionCancelled] = field(default_factory=list)
-    #: Set by :meth:`seal`, in the order of the statements in ``store``.
+    #: Set by :meth:`seal`: the parameters of the statements above, in their order.
     inbox_columns: tuple[list[Any], ...] = ()
     invoice_columns: tuple[list[Any], ...] = ()
     cancellation_columns: tuple[list[Any], ...] = ()

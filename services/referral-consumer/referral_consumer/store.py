@@ -19,7 +19,13 @@ from datetime import UTC, datetime
 import asyncpg
 
 from referral_consumer.ingest import DeadLetter, Parsed
-from referral_consumer.plan import BatchPlan
+from referral_consumer.plan import (
+    INSERT_CANCELLATIONS,
+    INSERT_INBOX,
+    INSERT_INVOICES,
+    INSERT_SUBSCRIPTIONS,
+    BatchPlan,
+)
 from referral_program import codes
 from referral_runtime.db import Conn
 from referral_runtime.outbox import OutboxMessage, enqueue
@@ -66,7 +72,7 @@ async def apply_batch(
     await _insert_subscriptions(conn, plan, result)
     new_invoices = await _insert_invoices(conn, plan)
     if plan.cancelled:
-        await conn.execute(_INSERT_CANCELLATIONS, *plan.cancellation_columns)
+        await conn.execute(INSERT_CANCELLATIONS, *plan.cancellation_columns)
     outbox += await _legacy_credits(conn, new_invoices, out, result)
     created = plan.created
     fresh = [
@@ -91,10 +97,7 @@ async def _claim_inbox(conn: Conn, plan: BatchPlan, result: BatchResult) -> set[
     if not plan.events:
         return set()
     rows = await conn.fetch(
-        """insert into inbox (event_id, event_type, topic, "partition", "offset")
-           select * from unnest($1::uuid[], $2::text[], $3::text[], $4::int[], $5::bigint[])
-           on conflict do nothing
-           returning event_id""",
+        INSERT_INBOX,
         *plan.inbox_columns,
     )
     claimed = {r[0] for r in rows}
@@ -144,39 +147,6 @@ async def _assign_codes(
     return [code_assigned_message(out, account, code, None) for account, code in assigned.items()]
 
 
-# The code is resolved here, under the batch lock: 'unknown' covers a malformed code and
-# one nobody owns; an alias still attributes to its owner, a revoked code to nobody.
-_INSERT_SUBSCRIPTIONS = """
-with inserted as (
-    insert into subscriptions (subscription_id, account_id, event_id, created_at, plan_family,
-        plan_id, currency, first_time_client, referral_code, code_outcome, referrer_account_id,
-        email_domain, organization_id, payment_fingerprint_hash)
-    select s.subscription_id, s.account_id, s.event_id, s.created_at, s.plan_family, s.plan_id,
-           s.currency, s.first_time_client, s.referral_code,
-           case when s.code_state = 'none' then 'none'
-                when c.status is null then 'unknown'
-                when c.status = 'revoked' then 'revoked'
-                else 'known' end,
-           case when c.status <> 'revoked' then c.account_id end,
-           s.email_domain, s.organization_id, s.payment_fingerprint_hash
-    from unnest($1::text[], $2::text[], $3::uuid[], $4::timestamptz[], $5::text[], $6::text[],
-                $7::text[], $8::bool[], $9::text[], $10::text[], $11::text[], $12::text[],
-                $13::text[])
-         as s(subscription_id, account_id, event_id, created_at, plan_family, plan_id, currency,
-              first_time_client, referral_code, code_state, email_domain, organization_id,
-              payment_fingerprint_hash)
-    left join referral_codes c on c.code = s.referral_code
-    on conflict do nothing
-    returning code_outcome, referral_code
-)
-select case when code_outcome = 'revoked' then 'revoked'
-            when referral_code is null then 'malformed'
-            else 'unknown' end as kind,
-       count(*) as n
-from inserted where code_outcome in ('unknown', 'revoked') group by 1
-"""
-
-
 async def _insert_subscriptions(conn: Conn, plan: BatchPlan, result: BatchResult) -> None:
     """Insert the new subscriptions, each with its code's outcome.
 
@@ -184,7 +154,7 @@ async def _insert_subscriptions(conn: Conn, plan: BatchPlan, result: BatchResult
     """
     if not plan.created.event_id:
         return
-    for kind, n in await conn.fetch(_INSERT_SUBSCRIPTIONS, *plan.created.arrays()):
+    for kind, n in await conn.fetch(INSERT_SUBSCRIPTIONS, *plan.created.arrays()):
         result.unknown_codes[kind] += n
 
 
@@ -192,23 +162,9 @@ async def _insert_invoices(conn: Conn, plan: BatchPlan) -> list[asyncpg.Record]:
     if not plan.paid:
         return []
     return await conn.fetch(
-        """insert into invoices (invoice_id, account_id, subscription_id, event_id, paid_at,
-               amount_paid_cents, discount_cents, currency)
-           select * from unnest($1::text[], $2::text[], $3::text[], $4::uuid[],
-               $5::timestamptz[], $6::bigint[], $7::bigint[], $8::text[])
-           on conflict do nothing
-           returning invoice_id, account_id, amount_paid_cents, paid_at""",
+        INSERT_INVOICES,
         *plan.invoice_columns,
     )
-
-
-_INSERT_CANCELLATIONS = """
-insert into cancellations (event_id, subscription_id, account_id, cancelled_at, effective_at,
-    reason)
-select * from unnest($1::uuid[], $2::text[], $3::text[], $4::timestamptz[], $5::timestamptz[],
-    $6::text[])
-on conflict do nothing
-"""
 
 
 _LEGACY_CREDITS = """
