@@ -4,7 +4,7 @@
 
 Generates the throughput part's stream, turns each message into a record with
 the topic, partition and offset the broker would give it, and feeds batches to
-``BatchProcessor`` (validate + plan, then the batch transaction) on a fresh
+``BatchParser`` then ``BatchWriter`` (validate + plan, then the batch transaction) on a fresh
 embedded PostgreSQL. Prints events/s, the process's CPU per event, the time
 the cyclic collector took, and checks the inbox against the generator. It
 isolates the consumer's own cost from Kafka's, and lets one setting be
@@ -29,7 +29,8 @@ from bench.stack import embedded_stack, partition_of
 from bench.stream import generate, referrer_events
 from referral_consumer.main import young_generation_size
 from referral_consumer.metrics import ConsumerMetrics
-from referral_consumer.processor import BatchProcessor, ParsedBatch
+from referral_consumer.parser import BatchParser, ParsedBatch
+from referral_consumer.writer import BatchWriter
 from referral_devtools import devstack
 from referral_program.codes import display
 from referral_runtime.db import create_pool
@@ -84,20 +85,20 @@ async def replay(events: int, batch: int, overlap: bool, gc_young: int) -> None:
     with embedded_stack() as stack:  # the broker idles: records are fed in-process
         url = await devstack.create_database(stack.server_uri, "replay")
         pool = await create_pool(url)
-        processor = BatchProcessor(
+        parser = BatchParser(TOPIC_TYPES, max_message_bytes=64 * 1024)
+        writer = BatchWriter(
             pool,
             TOPIC_TYPES,
             Outbound("code", "credit", "dlq", "https://example.test/r", "replay"),
             ConsumerMetrics(CollectorRegistry()),
             asyncio.Event(),
-            max_message_bytes=64 * 1024,
         )
         to_records = _Records()
         referrers = [
             (0, e["data"]["account_id"].encode(), json.dumps(e).encode())
             for e in referrer_events(1000)
         ]
-        await processor.apply(await processor.parse_interleaved(to_records(referrers)))
+        await writer.apply(await parser.parse_interleaved(to_records(referrers)))
         async with pool.acquire() as conn:
             codes = {
                 r["account_id"]: display(r["code"])
@@ -112,10 +113,10 @@ async def replay(events: int, batch: int, overlap: bool, gc_young: int) -> None:
         cpu, wall = time.process_time(), time.perf_counter()
         in_flight: asyncio.Task[object] | None = None
         for start in range(0, len(records), batch):
-            parsed: ParsedBatch = await processor.parse_interleaved(records[start : start + batch])
+            parsed: ParsedBatch = await parser.parse_interleaved(records[start : start + batch])
             if in_flight is not None:
                 await in_flight
-            in_flight = asyncio.create_task(processor.apply(parsed))
+            in_flight = asyncio.create_task(writer.apply(parsed))
             if not overlap:
                 await in_flight
                 in_flight = None

@@ -24,7 +24,7 @@ from referral_consumer.ingest import Parsed, parse_record
 from referral_consumer.plan import BatchPlan
 from referral_consumer.store import apply_batch
 from referral_devtools import synthetic as bill
-from referral_ops import cli, support
+from referral_ops import cli, code_changes
 from referral_program import calendar, codes
 from referral_runtime.referral_state import Outbound
 from referral_runtime.settings import Settings
@@ -232,7 +232,7 @@ async def test_rotate_retries_when_the_new_code_is_taken(
     fresh = "7K9M2XPZ"
     proposals = iter([_bits(taken), _bits(fresh)])
 
-    done = await support.rotate_code(
+    done = await code_changes.rotate_code(
         db,
         "ref-1",
         actor="bob",

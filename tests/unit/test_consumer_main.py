@@ -7,11 +7,8 @@ import gc
 import json
 from datetime import timedelta
 
-from prometheus_client import CollectorRegistry
-
 from referral_consumer.main import TRACKED_PER_RECORD, young_generation_size
-from referral_consumer.metrics import ConsumerMetrics
-from referral_consumer.processor import BatchProcessor
+from referral_consumer.parser import BatchParser
 from referral_devtools import synthetic as bill
 from tests.unit.records import TOPICS, Rec, T
 
@@ -37,19 +34,12 @@ def test_a_parsed_batch_holds_no_more_tracked_objects_per_record_than_budgeted()
         )
         for n in range(2000)
     ]
-    processor = BatchProcessor(
-        None,  # type: ignore[arg-type]
-        TOPICS,
-        None,  # type: ignore[arg-type]
-        ConsumerMetrics(CollectorRegistry()),
-        asyncio.Event(),
-        max_message_bytes=65536,
-    )
+    parser = BatchParser(TOPICS, max_message_bytes=65536)
     gc.collect()
     gc.disable()
     try:
         before = len(gc.get_objects())
-        batch = asyncio.run(processor.parse_interleaved(records))
+        batch = asyncio.run(parser.parse_interleaved(records))
         per_record = (len(gc.get_objects()) - before) / len(records)
     finally:
         gc.enable()

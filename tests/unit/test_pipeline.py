@@ -1,4 +1,4 @@
-"""Commit ordering and rewind on failure, with a fake consumer and a fake processor."""
+"""Commit ordering and rewind on failure, with a fake consumer and a fake parser/writer."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from aiokafka import TopicPartition
 from prometheus_client import CollectorRegistry
 
 from referral_consumer.metrics import ConsumerMetrics
+from referral_consumer.parser import PARSE_SLICE, BatchParser, ParsedBatch
 from referral_consumer.pipeline import BatchPipeline, first_offsets, next_offsets
-from referral_consumer.processor import PARSE_SLICE, BatchProcessor, ParsedBatch
 from tests.unit.records import Rec
 
 
@@ -34,7 +34,7 @@ class FakeConsumer:
 
 
 class FakeProcessor:
-    """Applies batches in order; fails the batches whose first offset is listed."""
+    """Parser and writer in one: applies batches in order; fails those whose first offset is listed."""
 
     def __init__(self, fail_first_offsets: set[int]) -> None:
         self.fail = fail_first_offsets
@@ -68,7 +68,9 @@ def test_offsets() -> None:
 
 async def test_commits_follow_each_transaction_in_order() -> None:
     consumer, processor = FakeConsumer(), FakeProcessor(set())
-    pipeline = BatchPipeline(processor, ConsumerMetrics(CollectorRegistry()), overlap=True)  # type: ignore[arg-type]
+    pipeline = BatchPipeline(
+        processor, processor, ConsumerMetrics(CollectorRegistry()), overlap=True
+    )
     await pipeline.submit(batch((0, 0), (0, 1)), consumer)
     await pipeline.submit(batch((0, 2), (1, 0)), consumer)
     await pipeline.drain()
@@ -82,7 +84,9 @@ async def test_commits_follow_each_transaction_in_order() -> None:
 
 async def test_a_failed_batch_is_never_committed_past() -> None:
     consumer, processor = FakeConsumer(), FakeProcessor({10})
-    pipeline = BatchPipeline(processor, ConsumerMetrics(CollectorRegistry()), overlap=True)  # type: ignore[arg-type]
+    pipeline = BatchPipeline(
+        processor, processor, ConsumerMetrics(CollectorRegistry()), overlap=True
+    )
     await pipeline.submit(batch((0, 10), (1, 4)), consumer)  # fails in flight
     await pipeline.submit(batch((0, 12), (1, 6)), consumer)  # must not be applied
     await pipeline.drain()
@@ -99,7 +103,9 @@ async def test_a_failed_batch_is_never_committed_past() -> None:
 
 async def test_without_overlap_submit_returns_after_commit() -> None:
     consumer, processor = FakeConsumer(), FakeProcessor(set())
-    pipeline = BatchPipeline(processor, ConsumerMetrics(CollectorRegistry()), overlap=False)  # type: ignore[arg-type]
+    pipeline = BatchPipeline(
+        processor, processor, ConsumerMetrics(CollectorRegistry()), overlap=False
+    )
     await pipeline.submit(batch((1, 0)), consumer)
     assert consumer.commits == [{TopicPartition("t", 1): 1}]
 
@@ -107,14 +113,7 @@ async def test_without_overlap_submit_returns_after_commit() -> None:
 async def test_parsing_yields_to_the_batch_in_flight() -> None:
     """A 1,000-record parse lets another task run between its slices, not only after it."""
     topics = {"billing.invoice.paid": "invoice.paid"}
-    processor = BatchProcessor(
-        None,  # type: ignore[arg-type]  # parsing never touches the database
-        topics,
-        None,  # type: ignore[arg-type]
-        ConsumerMetrics(CollectorRegistry()),
-        asyncio.Event(),
-        max_message_bytes=65536,
-    )
+    parser = BatchParser(topics, max_message_bytes=65536)
     records = [Rec("billing.invoice.paid", b'{"not": "an event"}', offset=n) for n in range(1000)]
     ticks = 0
 
@@ -126,7 +125,7 @@ async def test_parsing_yields_to_the_batch_in_flight() -> None:
 
     ticker = asyncio.create_task(other_work())
     await asyncio.sleep(0)
-    parsed = await processor.parse_interleaved(records)
+    parsed = await parser.parse_interleaved(records)
     ticker.cancel()
 
     assert len(parsed.plan.dead) == 1000 and not parsed.plan.events

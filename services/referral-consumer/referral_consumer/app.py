@@ -19,8 +19,9 @@ from faststream.kafka import KafkaBroker, KafkaMessage
 from prometheus_client import CollectorRegistry, make_asgi_app
 
 from referral_consumer.metrics import ConsumerMetrics
+from referral_consumer.parser import BatchParser
 from referral_consumer.pipeline import BatchPipeline
-from referral_consumer.processor import BatchProcessor
+from referral_consumer.writer import BatchWriter
 from referral_ops.read_api import ReadApi
 from referral_runtime.db import create_pool
 from referral_runtime.outbox import OutboxRelay, make_producer
@@ -81,7 +82,7 @@ class ConsumerService:
         self.metrics = ConsumerMetrics(self.registry)
         self.stopping = asyncio.Event()
         self.pool: asyncpg.Pool | None = None
-        self.processor: BatchProcessor | None = None
+        self.writer: BatchWriter | None = None
         self.pipeline: BatchPipeline | None = None
         self.relay: OutboxRelay | None = None
         self._relay_task: asyncio.Task[None] | None = None
@@ -122,14 +123,10 @@ class ConsumerService:
     async def start_resources(self) -> None:
         s = self.settings
         self.pool = await create_pool(s.database_url, size=s.db_pool_size)
-        self.processor = BatchProcessor(
-            self.pool,
-            s.topics.billing,
-            Outbound.from_settings(s),
-            self.metrics,
-            self.stopping,
-            max_message_bytes=s.max_message_bytes,
+        self.writer = BatchWriter(
+            self.pool, s.topics.billing, Outbound.from_settings(s), self.metrics, self.stopping
         )
+        parser = BatchParser(s.topics.billing, max_message_bytes=s.max_message_bytes)
         self._producer = make_producer(s.kafka_bootstrap_servers, s.kafka_security())
         await self._producer.start()
         self.relay = OutboxRelay(
@@ -139,7 +136,7 @@ class ConsumerService:
             batch=s.outbox_batch,
             poll_seconds=s.outbox_poll_ms / 1000,
         )
-        self.pipeline = BatchPipeline(self.processor, self.metrics, overlap=s.consumer_overlap)
+        self.pipeline = BatchPipeline(parser, self.writer, self.metrics, overlap=s.consumer_overlap)
         self.metrics.ready.set(1)
 
     async def start_relay(self) -> None:
@@ -177,7 +174,7 @@ class ConsumerService:
         log.info("consumer_stopped")
 
     def ready(self) -> bool:
-        return self.subscribed and self.processor is not None and self.processor.db_healthy
+        return self.subscribed and self.writer is not None and self.writer.db_healthy
 
 
 class ConsumerAsgi(AsgiFastStream):

@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 from aiokafka import TopicPartition
@@ -26,7 +26,8 @@ from aiokafka.errors import CommitFailedError, KafkaError
 
 from referral_consumer.ingest import Record
 from referral_consumer.metrics import ConsumerMetrics
-from referral_consumer.processor import BatchProcessor, ParsedBatch, ShuttingDown
+from referral_consumer.parser import ParsedBatch
+from referral_consumer.writer import ShuttingDown
 
 log = structlog.get_logger(__name__)
 
@@ -49,6 +50,18 @@ def first_offsets(records: Sequence[Record]) -> dict[TopicPartition, int]:
     return offsets
 
 
+class Parser(Protocol):
+    """Validates and plans a fetched batch (the port :class:`~referral_consumer.parser.BatchParser` fills)."""
+
+    async def parse_interleaved(self, records: Sequence[Record]) -> ParsedBatch: ...
+
+
+class Writer(Protocol):
+    """Makes a parsed batch durable, or raises (the port :class:`~referral_consumer.writer.BatchWriter` fills)."""
+
+    async def apply(self, batch: ParsedBatch) -> object: ...
+
+
 @dataclass
 class _InFlight:
     task: asyncio.Task[None]
@@ -60,9 +73,10 @@ class BatchPipeline:
     """Runs each batch's transaction and offset commit, overlapping with the next fetch."""
 
     def __init__(
-        self, processor: BatchProcessor, metrics: ConsumerMetrics, *, overlap: bool = True
+        self, parser: Parser, writer: Writer, metrics: ConsumerMetrics, *, overlap: bool = True
     ) -> None:
-        self._processor = processor
+        self._parser = parser
+        self._writer = writer
         self._metrics = metrics
         self._overlap = overlap
         self._inflight: _InFlight | None = None
@@ -71,7 +85,7 @@ class BatchPipeline:
     async def submit(self, records: Sequence[Record], consumer: Any) -> None:
         """Hand over a fetched batch. Returns once it is in flight (or done, when draining)."""
         # Interleaved: the batch in flight, if any, keeps its transaction moving meanwhile.
-        batch = await self._processor.parse_interleaved(records)
+        batch = await self._parser.parse_interleaved(records)
         if not await self.settle():
             # The previous batch failed and its partitions were rewound; this batch
             # comes after it, so it is fetched again too.
@@ -106,7 +120,7 @@ class BatchPipeline:
         self._draining = False
 
     async def _write_and_commit(self, batch: ParsedBatch, consumer: Any) -> None:
-        await self._processor.apply(batch)
+        await self._writer.apply(batch)
         try:
             await consumer.commit(next_offsets(batch.records))
         except (CommitFailedError, KafkaError) as exc:

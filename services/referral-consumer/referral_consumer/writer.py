@@ -1,19 +1,19 @@
-"""The imperative shell around one batch: parse, write in one transaction, retry, measure."""
+"""The imperative shell around one parsed batch: write it in one transaction, retry, measure."""
 
 from __future__ import annotations
 
 import asyncio
 import secrets
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 import asyncpg
 import structlog
 
-from referral_consumer.ingest import DeadLetter, Parsed, Record, parse_record
+from referral_consumer.ingest import DeadLetter
 from referral_consumer.metrics import ConsumerMetrics
+from referral_consumer.parser import ParsedBatch
 from referral_consumer.plan import BatchPlan
 from referral_consumer.store import BatchResult, apply_batch
 from referral_events import DeadLetterReason
@@ -23,25 +23,13 @@ from referral_runtime.retry import Backoff, sleep_unless_stopped
 
 log = structlog.get_logger(__name__)
 
-#: Records validated between two yields to the event loop (see ``parse_interleaved``).
-PARSE_SLICE = 250
-
 
 class ShuttingDown(Exception):
     """The service is stopping while the batch waits for the database: nothing is committed."""
 
 
-@dataclass
-class ParsedBatch:
-    """A batch after validation, planned, before its transaction."""
-
-    records: Sequence[Record]
-    started: float
-    plan: BatchPlan = field(default_factory=BatchPlan)
-
-
-class BatchProcessor:
-    """Turns a batch of records into committed effects; never returns before they are durable.
+class BatchWriter:
+    """Turns a parsed batch into committed effects; never returns before they are durable.
 
     A database outage is retried with capped exponential backoff (the batch is
     neither committed nor skipped). A batch the database rejects for a data
@@ -57,7 +45,6 @@ class BatchProcessor:
         metrics: ConsumerMetrics,
         stopping: asyncio.Event,
         *,
-        max_message_bytes: int,
         randbits: Callable[[int], int] = secrets.randbits,
         max_backoff: float = 10.0,
     ) -> None:
@@ -66,37 +53,9 @@ class BatchProcessor:
         self._out = out
         self._metrics = metrics
         self._stopping = stopping
-        self._max_bytes = max_message_bytes
         self._randbits = randbits
         self._max_backoff = max_backoff
         self.db_healthy = True
-
-    async def parse_interleaved(self, records: Sequence[Record]) -> ParsedBatch:
-        """Validate and plan every record (pure CPU work), yielding to the loop every
-        ``PARSE_SLICE`` records.
-
-        While the previous batch's transaction is in flight, each of its
-        statements waits for the loop: parsing a whole batch in one go would
-        hold every one of them up for as long as the parse takes.
-        """
-        batch = ParsedBatch(records, time.perf_counter())
-        for start in range(0, len(records), PARSE_SLICE):
-            if start:
-                await asyncio.sleep(0)
-            self._parse_into(batch.plan, records[start : start + PARSE_SLICE])
-        await asyncio.sleep(0)
-        batch.plan.seal()
-        return batch
-
-    def _parse_into(self, plan: BatchPlan, records: Sequence[Record]) -> None:
-        parsed = []
-        for record in records:
-            outcome = parse_record(record, self._topic_types, self._max_bytes)
-            if isinstance(outcome, Parsed):
-                parsed.append(outcome)
-            else:
-                plan.dead.append(outcome)
-        plan.add(parsed)
 
     async def apply(self, batch: ParsedBatch) -> BatchResult:
         """Write a parsed batch; returns once its transaction committed."""
