@@ -45,15 +45,16 @@ test-all: install deps ## the suite plus slow soak tests
 bench: install ## benchmarks against same-run baselines; writes bench/results.json
 	$(BIN)/python -m bench.run
 
-lint: install deps ## ruff + mypy, hadolint on the Dockerfile, promtool on the alerts
+lint: install deps ## import contracts, ruff, mypy, hadolint on the Dockerfile, promtool on the alerts
 	$(BIN)/hadolint Dockerfile
 	promtool check rules deploy/prometheus/alerts.yml
 	promtool test rules deploy/prometheus/alerts_test.yml
 	$(BIN)/python deploy/prometheus/generate_operator.py --check
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy services/referral-consumer/referral_consumer/core services/payout-scheduler/payout_scheduler/core schemas/referral_events
-	$(BIN)/mypy services/common/referrals services/referral-consumer/referral_consumer services/payout-scheduler/payout_scheduler
+	$(BIN)/lint-imports
+	$(BIN)/mypy program/referral_program schemas/referral_events
+	$(BIN)/mypy runtime/referral_runtime services/referral-consumer/referral_consumer services/payout-scheduler/payout_scheduler operations/referral_ops devtools/referral_devtools
 
 schemas: install ## regenerate JSON Schema + AsyncAPI from the pydantic models
 	$(BIN)/python -m referral_events.generate
