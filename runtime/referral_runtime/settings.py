@@ -81,7 +81,7 @@ class Settings(BaseSettings):
 
     consumer_max_batch: int = Field(default=5000, ge=1, le=100_000)
     consumer_batch_timeout_ms: int = Field(default=100, ge=1)
-    # Validate the next batch while one is written: +11 % on a backlog drain (BENCHMARKS.md).
+    # Validate the next batch while one is written (BENCHMARKS.md has the gain).
     consumer_overlap: bool = True
     # Tansu answers a waiting fetch only at this deadline: it bounds the latency floor.
     consumer_fetch_max_wait_ms: int = Field(default=50, ge=1, le=10_000)

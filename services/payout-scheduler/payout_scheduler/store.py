@@ -51,7 +51,7 @@ limit $3
 # One row per (referral, qualifying subscription of the referee, cancellation of
 # it), in referral order; a referral whose referee holds none comes once, with
 # nulls. Other plan families never earn, so the decision never looks at them.
-# (Rows rather than per-referral arrays: array_agg cost Postgres twice as much.)
+# (Rows rather than per-referral arrays: cheaper for Postgres to build.)
 _LOCK_DECIDABLE = """
 select r.referral_id, r.referrer_account_id, r.referee_account_id, r.referral_code,
        r.currency, r.status, r.reason, r.first_payment_at,
@@ -77,13 +77,10 @@ for update of r skip locked
 # decision copies from the referral come from the row itself; the message key is
 # the referrer account, as ``OutboxMessage.key`` would encode it.
 #
-# Shaped by what the client pays to encode (Python, one core) against what
-# Postgres pays to expand: a chunk's decisions share a handful of (outcome,
-# reason, family, amount, eligible_on, pay_by) kinds, sent once each ($3-$8) and
-# referenced by number per decision ($10); a payee is sent only where it differs
-# from the referrer. Arrays are unnested in select lists, which stream them: an
-# unnest in FROM is materialised first, and a chunk's payloads spilled to a
-# temporary file.
+# Few bytes to encode: the distinct (outcome, reason, family, amount, eligible_on,
+# pay_by) kinds are sent once each ($3-$8) and referenced by number ($10); a payee
+# only where it differs from the referrer. Arrays are unnested in select lists,
+# which streams them instead of materialising them (see BENCHMARKS.md).
 _RECORD_DECISIONS = """
 with kinds as (
     select k.*
