@@ -63,6 +63,8 @@ class Settings(BaseSettings):
     program_timezone: str = "America/Los_Angeles"
     program_currency: str = Field(default="USD", pattern=r"^[A-Z]{3}$")
     payout_settle_days: int = Field(default=1, ge=0, le=31)
+    #: Days after the settle delay before an undecided referral counts as late (alerting).
+    payout_grace_days: int = Field(default=2, ge=0, le=31)
     referral_link_base: str = "https://app.example.com/r"
     referee_discount_cents: int = Field(default=10000, ge=0)
     http_port: int = Field(default=8080, ge=0, le=65535)

@@ -14,7 +14,7 @@ from prometheus_client import CollectorRegistry
 
 from payout_scheduler import store
 from payout_scheduler.metrics import SchedulerMetrics
-from payout_scheduler.passes import catch_up, refresh_due_soon, run_pass
+from payout_scheduler.passes import catch_up, refresh_due_soon, refresh_overdue, run_pass
 from referral_devtools.seed import seed
 from referral_events import PayoutDue
 from referral_program.decisions import (
@@ -293,6 +293,22 @@ async def test_due_soon_counts_unpublished_payouts_close_to_pay_by(
     metrics = SchedulerMetrics()
     assert await refresh_due_soon(pool, settings, date(2027, 4, 22), metrics) == 2
     assert sample(metrics, "referrals_scheduler_due_soon") == 2
+
+
+async def test_overdue_counts_referrals_left_undecided_past_settle_and_grace(
+    settings: Settings, db: asyncpg.Connection, pool: asyncpg.Pool
+) -> None:
+    await mixed_referrals(db)  # 120 decidable on AS_OF (eligible_on 2027-04-01, settle 1)
+    settings = settings.model_copy(update={"payout_grace_days": 2})
+    metrics = SchedulerMetrics(CollectorRegistry())
+    late = AS_OF + timedelta(days=2)  # eligible_on + settle + grace
+
+    assert await refresh_overdue(pool, settings, late - timedelta(days=1), metrics) == 0
+    assert await refresh_overdue(pool, settings, late, metrics) == 120
+    assert sample(metrics, "referrals_scheduler_overdue_undecided") == 120
+    await run_pass(pool, settings, AS_OF, metrics)
+    assert await refresh_overdue(pool, settings, late, metrics) == 0
+    assert sample(metrics, "referrals_scheduler_overdue_undecided") == 0
 
 
 async def test_a_pass_stopped_between_chunks_is_not_recorded(

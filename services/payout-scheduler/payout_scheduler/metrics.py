@@ -38,6 +38,12 @@ class SchedulerMetrics:
             "(overdue ones included)",
             registry=registry,
         )
+        self.overdue_undecided = Gauge(
+            "referrals_scheduler_overdue_undecided",
+            "Referrals with a first payment still undecided although eligible_on + "
+            "PAYOUT_SETTLE_DAYS + PAYOUT_GRACE_DAYS has passed: their money is late",
+            registry=registry,
+        )
         self.pass_duration = Histogram(
             "referrals_scheduler_pass_duration_seconds",
             "Duration of a decision pass",

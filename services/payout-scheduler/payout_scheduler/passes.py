@@ -239,6 +239,18 @@ async def catch_up(
     return results
 
 
+async def refresh_overdue(
+    pool: asyncpg.Pool, settings: Settings, today: date, metrics: SchedulerMetrics
+) -> int:
+    """Set ``referrals_scheduler_overdue_undecided``: referrals that should have been decided
+    ``settings.payout_grace_days`` ago or earlier and are not."""
+    late = settings.payout_settle_days + settings.payout_grace_days
+    async with pool.acquire() as conn:
+        count = await store.count_undecided(conn, decidable_before(today, settings.tz, late))
+    metrics.overdue_undecided.set(count)
+    return count
+
+
 async def refresh_due_soon(
     pool: asyncpg.Pool, settings: Settings, today: date, metrics: SchedulerMetrics
 ) -> int:

@@ -16,7 +16,13 @@ import structlog
 from aiokafka import AIOKafkaProducer
 
 from payout_scheduler.metrics import SchedulerMetrics
-from payout_scheduler.passes import PassResult, catch_up, refresh_due_soon, run_pass
+from payout_scheduler.passes import (
+    PassResult,
+    catch_up,
+    refresh_due_soon,
+    refresh_overdue,
+    run_pass,
+)
 from referral_runtime.db import TRANSIENT_DB_ERRORS, create_pool
 from referral_runtime.outbox import OutboxRelay, make_producer
 from referral_runtime.retry import Backoff, retry_until_stopped, sleep_unless_stopped
@@ -148,6 +154,7 @@ class SchedulerService:
             try:
                 await catch_up(pool, s, self.today(), self.metrics, stopping=self.stopping)
                 await refresh_due_soon(pool, s, self.today(), self.metrics)
+                await refresh_overdue(pool, s, self.today(), self.metrics)
                 self.db_ok = True
                 backoff.reset()
                 wait = float(s.scheduler_interval_seconds)

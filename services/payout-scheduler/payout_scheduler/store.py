@@ -295,6 +295,19 @@ async def last_pass(conn: Conn) -> date | None:
     return value
 
 
+_OVERDUE_UNDECIDED = """
+select count(*)
+from referrals r
+where r.first_payment_at < $1
+  and not exists (select 1 from payouts p where p.referral_id = r.referral_id)
+"""
+
+
+async def count_undecided(conn: Conn, first_payment_before: datetime) -> int:
+    """Referrals whose first payment is before ``first_payment_before`` and that are undecided."""
+    return int(await conn.fetchval(_OVERDUE_UNDECIDED, first_payment_before))
+
+
 async def count_due_soon(conn: Conn, topic: str, horizon: date) -> int:
     """Unpublished ``payout.due`` messages whose ``pay_by`` is on or before ``horizon``."""
     return int(await conn.fetchval(_DUE_SOON, topic, horizon))
