@@ -94,6 +94,9 @@ class Settings(BaseSettings):
     outbox_poll_ms: int = Field(default=200, ge=10)
     scheduler_interval_seconds: int = Field(default=3600, ge=1, le=3600)
     scheduler_batch: int = Field(default=10_000, ge=1)
+    #: How often each service checks the database (`select 1`) and the broker (a metadata
+    #: request) for its readiness probe, also while idle.
+    health_probe_seconds: float = Field(default=5.0, gt=0, le=60)
 
     @field_validator("program_timezone")
     @classmethod

@@ -22,18 +22,21 @@ from tests.conftest import settings_env
 
 
 @contextlib.asynccontextmanager
-async def running_consumer(settings: Settings) -> AsyncIterator[ConsumerService]:
-    """The consumer service in this event loop (same start/stop path as the ASGI app)."""
+async def running_consumer(
+    settings: Settings, *, wait_started: bool = True
+) -> AsyncIterator[ConsumerService]:
+    """The consumer service in this event loop (same start/stop path as the ASGI app).
+
+    With ``wait_started`` (the default) it is subscribed when the block begins; without,
+    the block begins at once, while the service still waits for its dependencies."""
     service = ConsumerService(settings)
-    await service.start_resources()
-    await service.broker.start()
-    await service.start_relay()
+    await service.start()
     try:
+        if wait_started:
+            await asyncio.wait_for(service.started.wait(), timeout=60)
         yield service
     finally:
-        await service.begin_shutdown()
-        await service.broker.stop()
-        await service.close_resources()
+        await service.stop()
 
 
 @contextlib.asynccontextmanager

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
@@ -24,11 +25,17 @@ from referral_consumer.pipeline import BatchPipeline
 from referral_consumer.writer import BatchWriter
 from referral_ops.read_api import ReadApi
 from referral_runtime.db import create_pool
+from referral_runtime.health import DependencyProbe
+from referral_runtime.logs import configure_logging
 from referral_runtime.outbox import OutboxRelay, make_producer
 from referral_runtime.referral_state import Outbound
+from referral_runtime.retry import Backoff, retry_until_stopped
 from referral_runtime.settings import Settings
 
 log = structlog.get_logger(__name__)
+
+#: The longest wait between two attempts to reach a dependency that is down.
+_MAX_BACKOFF_SECONDS = 30.0
 
 
 class _Rebalances(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -87,7 +94,17 @@ class ConsumerService:
         self.relay: OutboxRelay | None = None
         self._relay_task: asyncio.Task[None] | None = None
         self._producer: AIOKafkaProducer | None = None
+        self._start_task: asyncio.Task[None] | None = None
+        self._probe_task: asyncio.Task[None] | None = None
+        self._broker_started = False
         self.subscribed = False
+        #: Set once the subscriber runs (tests and the harness wait for it).
+        self.started = asyncio.Event()
+        self.probe = DependencyProbe(
+            lambda: self.pool,
+            lambda: self._producer,
+            interval=settings.health_probe_seconds,
+        )
         self.broker = KafkaBroker(
             settings.kafka_bootstrap_servers,
             graceful_timeout=8.0,
@@ -120,35 +137,106 @@ class ConsumerService:
         if isinstance(records, tuple) and records:
             await self.pipeline.submit(records, msg.consumer)
 
-    async def start_resources(self) -> None:
+    async def start(self) -> None:
+        """Start in the background and return at once: the HTTP probes are served meanwhile.
+
+        The database, the producer and the subscriber are connected with backoff and
+        jitter until each answers, in that order (nothing is consumed before a batch
+        can be written); :meth:`ready` is false until all of them are up.
+        """
+        self._start_task = asyncio.create_task(self._start_with_retries(), name="consumer-start")
+        self._probe_task = asyncio.create_task(
+            self.probe.run(self.stopping, self._set_ready), name="consumer-probe"
+        )
+
+    async def _start_with_retries(self) -> None:
         s = self.settings
-        self.pool = await create_pool(s.database_url, size=s.db_pool_size)
+        pool = await retry_until_stopped(
+            "database_connect", self._connect_database, self.stopping, _backoff()
+        )
+        if pool is None:
+            return
+        self.pool = pool
         self.writer = BatchWriter(
-            self.pool, s.topics.billing, Outbound.from_settings(s), self.metrics, self.stopping
+            pool,
+            s.topics.billing,
+            Outbound.from_settings(s),
+            self.metrics,
+            self.stopping,
+            on_health=self._set_ready,
         )
         parser = BatchParser(s.topics.billing, max_message_bytes=s.max_message_bytes)
-        self._producer = make_producer(s.kafka_bootstrap_servers, s.kafka_security())
-        await self._producer.start()
+        self.pipeline = BatchPipeline(parser, self.writer, self.metrics, overlap=s.consumer_overlap)
+        producer = await retry_until_stopped(
+            "broker_connect", self._start_producer, self.stopping, _backoff()
+        )
+        if producer is None:
+            return
+        self._producer = producer
         self.relay = OutboxRelay(
-            self.pool,
-            self._producer,
+            pool,
+            producer,
             self.metrics.outbox,
             batch=s.outbox_batch,
             poll_seconds=s.outbox_poll_ms / 1000,
         )
-        self.pipeline = BatchPipeline(parser, self.writer, self.metrics, overlap=s.consumer_overlap)
-        self.metrics.ready.set(1)
-
-    async def start_relay(self) -> None:
-        assert self.relay is not None
+        self._relay_task = asyncio.create_task(
+            self.relay.run(self.stopping, on_health=self._set_ready), name="outbox-relay"
+        )
+        if not await retry_until_stopped(
+            "subscriber_start", self._start_broker, self.stopping, _backoff()
+        ):
+            return
         self.subscribed = True
-        self._relay_task = asyncio.create_task(self.relay.run(self.stopping))
-        log.info("consumer_started", topics=list(self.settings.topics.billing))
+        await self.probe.check()
+        self._set_ready()
+        self.started.set()
+        log.info("consumer_started", topics=list(s.topics.billing))
+
+    async def _connect_database(self) -> asyncpg.Pool:
+        pool: asyncpg.Pool = await create_pool(
+            self.settings.database_url, size=self.settings.db_pool_size
+        )
+        return pool
+
+    async def _start_producer(self) -> AIOKafkaProducer:
+        s = self.settings
+        producer = make_producer(s.kafka_bootstrap_servers, s.kafka_security())
+        try:
+            await producer.start()
+        except BaseException:
+            await producer.stop()
+            raise
+        return producer
+
+    async def _start_broker(self) -> bool:
+        """FastStream's broker and subscriber; a failed start is undone before the retry."""
+        try:
+            await self.broker.start()
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await self.broker.stop()
+            raise
+        self._broker_started = True
+        return True
+
+    async def stop(self) -> None:
+        """SIGTERM: finish the batch in hand (its commit included), then release everything."""
+        await self.begin_shutdown()
+        for task in (self._start_task, self._probe_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        if self._broker_started:
+            with contextlib.suppress(Exception):
+                await self.broker.stop()
+        await self.close_resources()
 
     async def begin_shutdown(self) -> None:
         """Finish the batch in flight (its commit included) before the broker stops."""
-        self.metrics.ready.set(0)
         self.subscribed = False
+        self.metrics.ready.set(0)
         if self.pipeline is not None:
             try:
                 await asyncio.wait_for(self.pipeline.drain(), timeout=6)
@@ -170,17 +258,56 @@ class ConsumerService:
         if self._producer is not None:
             await self._producer.stop()
         if self.pool is not None:
-            await self.pool.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.pool.close(), timeout=5)
         log.info("consumer_stopped")
 
     def ready(self) -> bool:
-        return self.subscribed and self.writer is not None and self.writer.db_healthy
+        """Subscribed, and the database and the broker answer (probe, writer and relay agree)."""
+        relay, writer = self.relay, self.writer
+        return (
+            self.subscribed
+            and not self.stopping.is_set()
+            and self.probe.db_ok
+            and self.probe.broker_ok
+            and writer is not None
+            and writer.db_healthy
+            and relay is not None
+            and relay.db_ok
+            and relay.broker_ok
+        )
+
+    def _set_ready(self) -> None:
+        self.metrics.ready.set(1 if self.ready() else 0)
+
+
+def _backoff() -> Backoff:
+    return Backoff(0.5, _MAX_BACKOFF_SECONDS)
 
 
 class ConsumerAsgi(AsgiFastStream):
-    """AsgiFastStream routes exact paths only; the read API answers everything under /v1/."""
+    """The consumer's ASGI app: its own lifespan, and the read API under /v1/.
+
+    FastStream's lifespan starts the broker and fails the application's startup
+    when Kafka (or, through a startup hook, Postgres) is unreachable. Here the
+    lifespan only starts :meth:`ConsumerService.start`, which connects in the
+    background with retries, so the probes answer (503) during an outage; on
+    shutdown it finishes the batch in hand, commits, and stops the broker.
+    AsgiFastStream routes exact paths only; the read API answers everything under /v1/.
+    """
 
     read_api: ReadApi | None = None
+    service: ConsumerService
+
+    @contextlib.asynccontextmanager
+    async def start_lifespan_context(
+        self, run_extra_options: dict[str, Any] | None = None
+    ) -> AsyncIterator[None]:
+        await self.service.start()
+        try:
+            yield
+        finally:
+            await self.service.stop()
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         api = self.read_api
@@ -191,10 +318,16 @@ class ConsumerAsgi(AsgiFastStream):
 
 
 def create_app(settings: Settings | None = None) -> AsgiFastStream:
-    """The ASGI app: broker + /healthz, /readyz and /metrics."""
+    """The ASGI app: broker + /healthz, /readyz and /metrics (and the read API).
+
+    Logging is configured here too, so ``faststream run --factory`` logs like the
+    console script (JSON, redaction, ``LOG_LEVEL``).
+    """
     from referral_runtime.settings import load_settings
 
-    service = ConsumerService(settings or load_settings())
+    settings = settings or load_settings()
+    configure_logging(settings.log_level, settings.log_format)
+    service = ConsumerService(settings)
 
     @get
     async def healthz(scope: Any) -> AsgiResponse:
@@ -213,12 +346,8 @@ def create_app(settings: Settings | None = None) -> AsgiFastStream:
             ("/readyz", readyz),
             ("/metrics", make_asgi_app(service.registry)),
         ],
-        on_startup=[service.start_resources],
-        after_startup=[service.start_relay],
-        on_shutdown=[service.begin_shutdown],
-        after_shutdown=[service.close_resources],
         logger=None,
     )
-    app.service = service  # type: ignore[attr-defined]
+    app.service = service
     app.read_api = ReadApi(lambda: service.pool, service.settings)
     return app

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
 import gc
+from collections.abc import Sequence
 
 from referral_runtime.logs import configure_logging
 from referral_runtime.serve import serve
@@ -27,7 +29,19 @@ def young_generation_size(max_batch: int) -> int:
     return max(50_000, 3 * TRACKED_PER_RECORD * max_batch)
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
+    return argparse.ArgumentParser(
+        prog="referral-consumer",
+        description="Consume the billing topics into PostgreSQL until SIGTERM (the batch in "
+        "hand is finished and committed first); serves /healthz, /readyz, /metrics and the "
+        "read API on HTTP_PORT. Configured by environment variables: KAFKA_BOOTSTRAP_SERVERS, "
+        "DATABASE_URL, CONSUMER_GROUP, LOG_LEVEL, LOG_FORMAT, ... (see the README). Starts and "
+        "stays up while the database or the broker is unreachable, reporting not ready.",
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    build_parser().parse_args(argv)
     settings = load_settings()
     gc.set_threshold(young_generation_size(settings.consumer_max_batch), 20, 100)
     configure_logging(settings.log_level, settings.log_format)

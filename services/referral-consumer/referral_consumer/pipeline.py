@@ -25,6 +25,7 @@ from aiokafka import TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaError
 
 from referral_consumer.ingest import Record
+from referral_consumer.logfields import batch_fields
 from referral_consumer.metrics import ConsumerMetrics
 from referral_consumer.parser import ParsedBatch
 from referral_consumer.writer import ShuttingDown
@@ -107,7 +108,12 @@ class BatchPipeline:
         except ShuttingDown:
             return False  # nothing committed; the next owner reads from the last commit
         except Exception as exc:
-            log.error("batch_failed_will_retry", error=type(exc).__name__, exc_info=True)
+            log.error(
+                "batch_failed_will_retry",
+                error=type(exc).__name__,
+                **batch_fields(inflight.records),
+                exc_info=True,
+            )
             self._rewind(inflight.consumer, inflight.records)
             return False
 
@@ -126,7 +132,9 @@ class BatchPipeline:
         except (CommitFailedError, KafkaError) as exc:
             # The effects are durable; the next owner re-reads these records as duplicates.
             self._metrics.commit_failures.inc()
-            log.warning("offset_commit_failed", error=type(exc).__name__)
+            log.warning(
+                "offset_commit_failed", error=type(exc).__name__, **batch_fields(batch.records)
+            )
         await self._update_lag(consumer)
 
     def _rewind(self, consumer: Any, records: Sequence[Record]) -> None:

@@ -12,6 +12,7 @@ import asyncpg
 import structlog
 
 from referral_consumer.ingest import DeadLetter
+from referral_consumer.logfields import batch_fields, record_fields
 from referral_consumer.metrics import ConsumerMetrics
 from referral_consumer.parser import ParsedBatch
 from referral_consumer.plan import BatchPlan
@@ -47,6 +48,7 @@ class BatchWriter:
         *,
         randbits: Callable[[int], int] = secrets.randbits,
         max_backoff: float = 10.0,
+        on_health: Callable[[], None] | None = None,
     ) -> None:
         self._pool = pool
         self._topic_types = topic_types
@@ -56,6 +58,7 @@ class BatchWriter:
         self._randbits = randbits
         self._max_backoff = max_backoff
         self.db_healthy = True
+        self._on_health = on_health or (lambda: None)
 
     async def apply(self, batch: ParsedBatch) -> BatchResult:
         """Write a parsed batch; returns once its transaction committed."""
@@ -65,19 +68,25 @@ class BatchWriter:
 
     async def _apply_with_retry(self, plan: BatchPlan) -> BatchResult:
         backoff = Backoff(0.1, self._max_backoff)
+        attempt = 0
         while True:
+            attempt += 1
             try:
                 result = await self._apply_isolating(plan)
             except TRANSIENT_DB_ERRORS as exc:
                 self.db_healthy = False
-                self._metrics.ready.set(0)
+                self._on_health()
                 self._metrics.db_retries.inc()
                 delay = backoff.next_delay()
                 log.warning(
                     "database_unavailable_retrying",
                     error=type(exc).__name__,
                     retry_in_s=round(delay, 2),
-                    batch=len(plan.events) + len(plan.repeats) + len(plan.dead),
+                    attempt=attempt,
+                    **batch_fields(
+                        [p.record for p in plan.events + plan.repeats]
+                        + [d.record for d in plan.dead]
+                    ),
                 )
                 if await sleep_unless_stopped(self._stopping, delay):
                     raise ShuttingDown from exc
@@ -85,7 +94,7 @@ class BatchWriter:
             if not self.db_healthy:
                 log.info("database_available_again")
             self.db_healthy = True
-            self._metrics.ready.set(1)
+            self._on_health()
             return result
 
     async def _apply_isolating(self, plan: BatchPlan) -> BatchResult:
@@ -106,7 +115,12 @@ class BatchWriter:
                     )
                     for p in parsed
                 ]
-                log.error("event_rejected_by_database", sqlstate=exc.sqlstate, count=len(parsed))
+                for p in parsed:
+                    log.error(
+                        "event_rejected_by_database",
+                        sqlstate=exc.sqlstate,
+                        **record_fields(p.record, str(p.event.event_id)),
+                    )
                 return await self._apply_once(BatchPlan.of([], plan.dead + rejected))
             half = len(parsed) // 2
             first = await self._apply_isolating(BatchPlan.of(parsed[:half], plan.dead))
@@ -140,9 +154,7 @@ class BatchWriter:
                 "message_dead_lettered",
                 reason=d.reason.value,
                 detail=d.detail,
-                topic=d.record.topic,
-                partition=d.record.partition,
-                offset=d.record.offset,
+                **record_fields(d.record),
             )
 
 
