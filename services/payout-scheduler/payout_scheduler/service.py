@@ -24,6 +24,7 @@ from payout_scheduler.passes import (
     run_pass,
 )
 from referral_runtime.db import TRANSIENT_DB_ERRORS, create_pool
+from referral_runtime.health import DependencyProbe
 from referral_runtime.outbox import OutboxRelay, make_producer
 from referral_runtime.retry import Backoff, retry_until_stopped, sleep_unless_stopped
 from referral_runtime.settings import Settings
@@ -79,7 +80,15 @@ class SchedulerService:
         self.pool: asyncpg.Pool | None = None
         self.db_ok = False  # the decision loop's last pass reached the database
         self.relay: OutboxRelay | None = None
+        self._producer: AIOKafkaProducer | None = None
         self._task: asyncio.Task[None] | None = None
+        self._probe_task: asyncio.Task[None] | None = None
+        #: Database and broker as answered every ``HEALTH_PROBE_SECONDS``, also while idle.
+        self.probe = DependencyProbe(
+            lambda: self.pool,
+            lambda: self._producer,
+            interval=settings.health_probe_seconds,
+        )
 
     def today(self) -> date:
         """The current date in the program time zone (the shell reads the clock, not the core)."""
@@ -88,6 +97,9 @@ class SchedulerService:
     async def start(self) -> None:
         """Start the background work; returns at once (connections are made with retries)."""
         self._task = asyncio.create_task(self._run(), name="payout-scheduler")
+        self._probe_task = asyncio.create_task(
+            self.probe.run(self.stopping, self._set_ready), name="payout-scheduler-probe"
+        )
 
     async def stop(self, timeout: float = 20.0) -> None:
         """Finish the chunk in hand, publish what is queued (briefly), release everything."""
@@ -100,6 +112,10 @@ class SchedulerService:
                 log.warning("scheduler_stop_timed_out")
             except Exception:
                 log.exception("scheduler_task_failed")
+        if self._probe_task is not None:
+            self._probe_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._probe_task
         log.info("scheduler_stopped")
 
     def alive(self) -> bool:
@@ -111,6 +127,8 @@ class SchedulerService:
         return (
             not self.stopping.is_set()
             and self.db_ok
+            and self.probe.db_ok
+            and self.probe.broker_ok
             and relay is not None
             and relay.db_ok
             and relay.broker_ok
@@ -180,6 +198,7 @@ class SchedulerService:
         )
         if producer is None:
             return
+        self._producer = producer
         self.relay = OutboxRelay(
             pool,
             producer,
@@ -198,4 +217,5 @@ class SchedulerService:
             with contextlib.suppress(Exception):
                 await self.relay.drain()
         finally:
+            self._producer = None
             await producer.stop()
