@@ -166,7 +166,11 @@ async def test_billing_to_payout_due_end_to_end(
             assert await db.fetchval("select count(*) from payouts") == 0
 
             log = tmp_path / "tick.log"
-            tick = spawn(["payout-scheduler", "tick", "--as-of", "2027-04-02"], settings, log)
+            tick = spawn(
+                ["payout-scheduler", "tick", "--as-of", "2027-04-02", "--allow-future"],
+                settings,
+                log,
+            )
             assert await asyncio.to_thread(tick.wait, 60) == 0, log.read_text()
             summary = log.read_text()
             assert "as of 2027-04-02: decided 14 referrals" in summary, summary

@@ -64,7 +64,7 @@ async def test_two_ticks_started_together_publish_each_payout_once(
     logs = [tmp_path / f"tick-{n}.log" for n in range(2)]
     ticks = [
         spawn(
-            ["payout-scheduler", "tick", "--as-of", AS_OF.isoformat()],
+            ["payout-scheduler", "tick", "--as-of", AS_OF.isoformat(), "--allow-future"],
             settings,
             log,
             SCHEDULER_BATCH="2",

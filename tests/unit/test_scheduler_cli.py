@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from collections import Counter
-from datetime import date
+from datetime import date, datetime, timedelta
+from zoneinfo import ZoneInfo
 
 import pytest
 
+from payout_scheduler import main as scheduler_main
 from payout_scheduler.main import as_of_date, main
 from payout_scheduler.passes import PassResult
+from payout_scheduler.service import TickResult
 
 
 def test_as_of_is_an_iso_date() -> None:
@@ -58,3 +61,42 @@ def test_summary_of_an_empty_pass() -> None:
         "as of 2027-04-02: decided 0 referrals in 0.00s: 0 due, 0 forfeited, 0 ineligible; "
         "cash due $0.00."
     )
+
+
+@pytest.fixture
+def scheduler_env(monkeypatch: pytest.MonkeyPatch) -> ZoneInfo:
+    """Settings that load, pointing at nothing: the refusal must come before any connection."""
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:1")
+    monkeypatch.setenv("DATABASE_URL", "postgresql://nobody@127.0.0.1:1/none")
+    # Far from UTC, so "today" visibly means today in the program time zone.
+    monkeypatch.setenv("PROGRAM_TIMEZONE", "Pacific/Kiritimati")
+    return ZoneInfo("Pacific/Kiritimati")
+
+
+def test_a_tick_after_today_is_refused_without_allow_future(
+    scheduler_env: ZoneInfo, capsys: pytest.CaptureFixture[str]
+) -> None:
+    today = datetime.now(scheduler_env).date()
+    tomorrow = today + timedelta(days=1)
+    assert main(["tick", "--as-of", tomorrow.isoformat()]) == 2
+    err = capsys.readouterr().err
+    assert f"--as-of {tomorrow.isoformat()} is after today ({today.isoformat()}" in err, err
+    assert "irreversible" in err and "--allow-future" in err, err
+
+
+def test_allow_future_and_today_reach_the_pass(
+    scheduler_env: ZoneInfo, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ran: list[date] = []
+
+    async def fake_tick(settings: object, as_of: date, metrics: object) -> TickResult:
+        ran.append(as_of)
+        return TickResult(PassResult(as_of), published=0, backlog=0)
+
+    monkeypatch.setattr(scheduler_main, "tick", fake_tick)
+    today = datetime.now(scheduler_env).date()
+    future = today + timedelta(days=400)
+    assert main(["tick", "--as-of", future.isoformat(), "--allow-future"]) == 0
+    assert main(["tick", "--as-of", today.isoformat()]) == 0
+    assert ran == [future, today]
+    assert "error" not in capsys.readouterr().err

@@ -3,7 +3,8 @@
 Exit status of ``tick``: 0 when the pass committed and the outbox is published,
 1 when the database or the broker could not be used (decisions that committed
 stand; their messages wait in the outbox for the next tick or the running
-scheduler), 2 for wrong arguments or configuration.
+scheduler), 2 for wrong arguments or configuration, including an ``--as-of``
+after today in the program time zone without ``--allow-future``.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import asyncio
 import signal
 import sys
 from collections.abc import Sequence
-from datetime import date
+from datetime import date, datetime
 
 import uvicorn
 from aiokafka.errors import KafkaError
@@ -47,9 +48,28 @@ def build_parser() -> argparse.ArgumentParser:
         type=as_of_date,
         required=True,
         metavar="YYYY-MM-DD",
-        help="decide what is decidable on this date (program time zone)",
+        help="decide what is decidable on this date (program time zone); a date after today "
+        "there is refused, since decisions are irreversible, unless --allow-future",
+    )
+    tick.add_argument(
+        "--allow-future",
+        action="store_true",
+        help="accept an --as-of after today (simulations and tests only: the pass decides "
+        "and publishes as if that day had come)",
     )
     return parser
+
+
+def future_refusal(as_of: date, today: date) -> str | None:
+    """Why a tick as of ``as_of`` must not run on ``today`` (both in the program time zone)."""
+    if as_of <= today:
+        return None
+    return (
+        f"error: --as-of {as_of.isoformat()} is after today ({today.isoformat()} in "
+        "PROGRAM_TIMEZONE): a decision pass is irreversible and would decide and publish "
+        "payouts ahead of time, before the facts it depends on can have arrived. Pass "
+        "--allow-future for a simulation or a test."
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -59,6 +79,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         asyncio.run(run_forever(settings))
         return 0
+    if not args.allow_future:
+        refusal = future_refusal(args.as_of, datetime.now(settings.tz).date())
+        if refusal is not None:
+            print(refusal, file=sys.stderr)
+            return 2
     try:
         result = asyncio.run(tick(settings, args.as_of, SchedulerMetrics()))
     except (*TRANSIENT_DB_ERRORS, KafkaError) as exc:
