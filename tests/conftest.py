@@ -37,9 +37,28 @@ class Stack:
     root: Path
 
 
+#: Which stack the e2e suite runs against: ``embedded`` (default: embedded Postgres and
+#: Tansu), ``external`` (``KAFKA_BOOTSTRAP_SERVERS`` and ``DATABASE_URL`` given by the user;
+#: every test creates its own topics and database there) or ``containers`` (Apache Kafka in
+#: KRaft mode and PostgreSQL through testcontainers; needs a Docker engine).
+TEST_STACK = os.environ.get("TEST_STACK", "embedded")
+
+
 @pytest.fixture(scope="session")
 def stack() -> Iterator[Stack]:
-    """PostgreSQL and Tansu for the whole session (the same code as `referrals dev up`)."""
+    """PostgreSQL and a Kafka broker for the whole session (see :data:`TEST_STACK`)."""
+    if TEST_STACK == "external":
+        yield _external_stack()
+    elif TEST_STACK == "containers":
+        yield from _container_stack()
+    elif TEST_STACK == "embedded":
+        yield from _embedded_stack()
+    else:
+        pytest.exit(f"TEST_STACK={TEST_STACK!r}: expected embedded, external or containers", 2)
+
+
+def _embedded_stack() -> Iterator[Stack]:
+    """The same code as `referrals dev up`."""
     root = Path(tempfile.mkdtemp(prefix="referrals-test-"))
     server_uri = devstack.start_postgres(root / "pgdata")
     broker, bootstrap = devstack.start_broker(root / "broker.log")
@@ -52,6 +71,43 @@ def stack() -> Iterator[Stack]:
         broker.kill()
         devstack.stop_postgres(root / "pgdata")
         shutil.rmtree(root, ignore_errors=True)
+
+
+def _external_stack() -> Stack:
+    """The user's broker and server: ``DATABASE_URL`` must be allowed to create databases."""
+    missing = [v for v in ("KAFKA_BOOTSTRAP_SERVERS", "DATABASE_URL") if not os.environ.get(v)]
+    if missing:
+        pytest.exit(f"TEST_STACK=external needs {' and '.join(missing)}", 2)
+    return Stack(
+        os.environ["DATABASE_URL"],
+        os.environ["KAFKA_BOOTSTRAP_SERVERS"],
+        Path(tempfile.mkdtemp(prefix="referrals-test-")),
+    )
+
+
+def _container_stack() -> Iterator[Stack]:
+    """Apache Kafka (KRaft) and PostgreSQL containers; no Docker engine is an error, not a pass."""
+    try:
+        import docker  # testcontainers' own client
+        from testcontainers.community.kafka import KafkaContainer
+        from testcontainers.community.postgres import PostgresContainer
+    except ImportError:
+        pytest.exit("TEST_STACK=containers needs the `containers` extra (testcontainers)", 2)
+    try:
+        docker.from_env().ping()
+    except Exception as exc:
+        pytest.exit(f"TEST_STACK=containers: no Docker engine is reachable here ({exc})", 2)
+    kafka_image = os.environ.get("TEST_KAFKA_IMAGE", "confluentinc/cp-kafka:7.6.0")
+    postgres_image = os.environ.get("TEST_POSTGRES_IMAGE", "postgres:16")
+    with (
+        PostgresContainer(postgres_image, driver=None) as postgres,
+        KafkaContainer(kafka_image).with_kraft() as kafka,
+    ):
+        yield Stack(
+            postgres.get_connection_url(),
+            kafka.get_bootstrap_server(),
+            Path(tempfile.mkdtemp(prefix="referrals-test-")),
+        )
 
 
 def _slug(request: pytest.FixtureRequest) -> str:

@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import time
+import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -148,6 +149,12 @@ async def create_topics(bootstrap: str, topics: list[str], partitions: int) -> N
         await admin.close()
 
 
+def database_url(server_uri: str, name: str) -> str:
+    """``server_uri`` with its database replaced by ``name`` (user, host and options kept)."""
+    parts = urllib.parse.urlsplit(server_uri)
+    return urllib.parse.urlunsplit(parts._replace(path=f"/{name}"))
+
+
 async def create_database(server_uri: str, name: str, *, migrated: bool = True) -> str:
     """Create database ``name`` (if missing) and apply migrations; returns its URL."""
     conn = await asyncpg.connect(server_uri)
@@ -157,7 +164,7 @@ async def create_database(server_uri: str, name: str, *, migrated: bool = True) 
             await conn.execute(f'create database "{name}"')
     finally:
         await conn.close()
-    url = server_uri.replace("/postgres?", f"/{name}?", 1)
+    url = database_url(server_uri, name)
     if migrated:
         conn = await asyncpg.connect(url)
         try:
