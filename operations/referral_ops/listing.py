@@ -86,7 +86,7 @@ where a.account_id = $1
 
 _REFERRALS_OF = """
 select r.referee_account_id, r.referral_code, r.status, r.reason, r.attributed_at,
-       r.first_payment_at, r.currency,
+       r.first_payment_at,
        p.outcome, p.reason as decided_reason, p.plan_family as decided_plan, p.amount_cents,
        p.currency as decided_currency, p.eligible_on, p.pay_by,
        f.plans, f.held
@@ -124,12 +124,18 @@ async def referrals_page(
         account_id=account_id,
         code=codes.display(code) if code else None,
         link=codes.link(settings.referral_link_base, code) if code else None,
-        referrals=[referral_line(row, settings.tz) for row in rows],
+        referrals=[referral_line(row, settings.tz, settings.program_currency) for row in rows],
     )
 
 
-def referral_line(row: asyncpg.Record | dict[str, Any], tz: ZoneInfo) -> ReferralLine:
-    """One row of the referral query as a :class:`ReferralLine` (pure)."""
+def referral_line(
+    row: asyncpg.Record | dict[str, Any], tz: ZoneInfo, currency: str
+) -> ReferralLine:
+    """One row of the referral query as a :class:`ReferralLine` (pure).
+
+    An undecided line's amount is the program's reward, in the program ``currency``
+    (not the referee's billing currency, which ``referrals.currency`` records).
+    """
     first_payment_at: datetime | None = row["first_payment_at"]
     common = {
         "referee_account_id": row["referee_account_id"],
@@ -160,7 +166,7 @@ def referral_line(row: asyncpg.Record | dict[str, Any], tz: ZoneInfo) -> Referra
         status=row["status"],
         reason=row["reason"],
         amount_cents=REWARD_CENTS[family] if family and row["status"] != Status.INELIGIBLE else 0,
-        currency=row["currency"],
+        currency=currency,
         eligible_on=eligible,
         pay_by=pay_by,
         decided=False,

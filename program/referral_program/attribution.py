@@ -2,16 +2,22 @@
 
 The state is a pure function of the facts, never of their arrival order, so a
 batch can recompute it for every touched account and write the result.
+
+Once the referee has a first payment, eligibility is judged only on facts with
+business time before the start of ``eligible_on`` (SPEC §3.6): later facts
+cannot change a referral whose cash is due. Before that, all facts count.
 """
 
 from __future__ import annotations
 
 import hashlib
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from zoneinfo import ZoneInfo
 
+from referral_program import calendar
 from referral_program.table import QUALIFYING_FAMILIES, Ineligible, Status
 
 REFERRAL_NAMESPACE = uuid.UUID("0b8f6f5e-8f0c-4d8e-a6a1-5f3d2c9e7b41")
@@ -25,6 +31,11 @@ PUBLIC_EMAIL_DOMAINS = frozenset(
         "hey.com", "tutanota.com", "comcast.net", "verizon.net", "att.net", "sbcglobal.net",
     }
 )  # fmt: skip
+
+
+#: A partner flag's period, ``[since, until)``; ``None`` is unbounded (set before records
+#: began, or still set).
+PartnerPeriod = tuple[datetime | None, datetime | None]
 
 
 @dataclass(frozen=True)
@@ -63,7 +74,7 @@ class Referral:
     reason: Ineligible | None
     first_payment_at: datetime | None
     first_payment_invoice_id: str | None
-    currency: str
+    currency: str  # the referee's billing currency; rewards are in the program currency
 
 
 def referral_id_for(referee_account_id: str) -> uuid.UUID:
@@ -94,16 +105,34 @@ def attributing_subscription(subscriptions: list[SubscriptionFact]) -> Subscript
     return min(candidates, key=lambda s: (s.created_at, s.subscription_id))
 
 
+def partner_at(periods: Sequence[PartnerPeriod], instant: datetime | None) -> bool:
+    """Was the flag set just before ``instant`` (a flip at ``instant`` is too late)?
+    ``None``: is it set now."""
+    if instant is None:
+        return any(until is None for _, until in periods)
+    return any(
+        (since is None or since < instant) and (until is None or until >= instant)
+        for since, until in periods
+    )
+
+
+def cutoff(first_payment_at: datetime, tz: ZoneInfo) -> datetime:
+    """The first instant of ``eligible_on``: facts from then on never change a referral."""
+    return calendar.eligibility_instant_utc(calendar.eligible_on(first_payment_at, tz), tz)
+
+
 def referral_state(
     referee_subscriptions: list[SubscriptionFact],
     referee_invoices: list[InvoiceFact],
     referrer_subscriptions: list[SubscriptionFact],
-    referrer_is_partner: bool,
+    referrer_partner_periods: Sequence[PartnerPeriod],
+    tz: ZoneInfo,
 ) -> Referral | None:
     """The referral of one referee account, or ``None`` when it was not referred.
 
     ``referee_*`` are all known facts of the referee account; ``referrer_*``
-    those of the account that owns the attributing code.
+    those of the account that owns the attributing code; ``tz`` the program
+    time zone, in which ``eligible_on`` begins.
     """
     touch = attributing_subscription(referee_subscriptions)
     if touch is None or touch.referrer_account_id is None or touch.referral_code is None:
@@ -118,8 +147,16 @@ def referral_state(
         key=lambda i: (i.paid_at, i.invoice_id),
         default=None,
     )
+    until = cutoff(first_payment.paid_at, tz) if first_payment is not None else None
+    if until is not None:
+        referee_subscriptions = [s for s in referee_subscriptions if s.created_at < until]
+        referrer_subscriptions = [s for s in referrer_subscriptions if s.created_at < until]
     reason = _ineligibility(
-        touch, referee_subscriptions, paid, referrer_subscriptions, referrer_is_partner
+        touch,
+        referee_subscriptions,
+        paid,
+        referrer_subscriptions,
+        partner_at(referrer_partner_periods, until),
     )
     if reason is not None:
         status = Status.INELIGIBLE

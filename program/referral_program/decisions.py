@@ -2,7 +2,8 @@
 
 A decision depends only on facts whose business time is before the start of
 ``eligible_on`` (SPEC §3.6) and never on when the scheduler runs: ``as_of``
-only says whether the referral is decidable yet.
+only says whether the referral is decidable yet. Money is in the program
+currency, which the caller passes in (SPEC §3.7).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from uuid import UUID
 from zoneinfo import ZoneInfo
 
 from referral_program import calendar
+from referral_program.attribution import PartnerPeriod, partner_at
 from referral_program.table import REWARD_CENTS, Forfeit, Ineligible, Outcome, Status, best_family
 
 #: Namespace of the deterministic ``payout_id``; changing it would re-pay every referral.
@@ -52,11 +54,10 @@ class ReferralFacts(NamedTuple):
     referrer_account_id: str
     referee_account_id: str
     referral_code: str
-    currency: str
     status: str  # a table.Status value
     reason: str | None  # the consumer's table.Ineligible reason when status is INELIGIBLE
     first_payment_at: datetime | None
-    referrer_is_partner: bool
+    referrer_partner_periods: tuple[PartnerPeriod, ...]  # usually none
     payee: str | None  # support's override; None = the referrer account itself
     subscriptions: tuple[SubscriptionSpan, ...]  # the referee's subscriptions, any order
 
@@ -70,7 +71,7 @@ class Decision(NamedTuple):
     reason: str | None  # a table.Ineligible or table.Forfeit value; None when due
     plan_family: str | None  # the family that earns the reward; None unless due
     amount_cents: int
-    currency: str
+    currency: str  # the program currency
     payee: str
     first_payment_at: datetime
     eligible_on: date
@@ -112,7 +113,7 @@ def decidable_before(as_of: date, tz: ZoneInfo, settle_days: int = 1) -> datetim
 
 
 def decide(
-    facts: ReferralFacts, as_of: date, tz: ZoneInfo, settle_days: int = 1
+    facts: ReferralFacts, as_of: date, tz: ZoneInfo, settle_days: int = 1, *, currency: str
 ) -> Decision | None:
     """Decide a referral's payout, or return None when it is not decidable on ``as_of``.
 
@@ -122,10 +123,12 @@ def decide(
     order of ``facts.subscriptions``.
 
     In order: a referral the consumer found ineligible stays so with its
-    reason; a partner referrer is ``partner_ineligible``; otherwise the
-    referral is due if at least one qualifying subscription is active at the
-    start of ``eligible_on`` (the largest reward among active families wins),
-    else forfeited.
+    reason; a referrer who was a partner at the start of ``eligible_on`` is
+    ``partner_ineligible``; otherwise the referral is due if at least one
+    qualifying subscription is active at the start of ``eligible_on`` (the
+    largest reward among active families wins), else forfeited. The amount is
+    the program's reward, in the program ``currency``, whatever the referee
+    is billed in.
     """
     if settle_days < 0:
         raise ValueError(f"settle_days must be >= 0, got {settle_days}")
@@ -145,7 +148,7 @@ def decide(
         reason,
         family,
         REWARD_CENTS[family] if family is not None else 0,
-        facts.currency,
+        currency,
         facts.payee if facts.payee is not None else facts.referrer_account_id,
         first_payment_at,
         eligible,
@@ -156,7 +159,7 @@ def decide(
 def _outcome(facts: ReferralFacts, eligible_at: datetime) -> tuple[Outcome, str | None, str | None]:
     if facts.status == Status.INELIGIBLE:
         return Outcome.INELIGIBLE, facts.reason, None
-    if facts.referrer_is_partner:
+    if facts.referrer_partner_periods and partner_at(facts.referrer_partner_periods, eligible_at):
         return Outcome.INELIGIBLE, Ineligible.PARTNER, None
 
     held_before = [

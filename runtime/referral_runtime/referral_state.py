@@ -13,6 +13,7 @@ from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from zoneinfo import ZoneInfo
 
 import asyncpg
 
@@ -25,6 +26,7 @@ from referral_events import (
 from referral_program import codes
 from referral_program.attribution import (
     InvoiceFact,
+    PartnerPeriod,
     Referral,
     SubscriptionFact,
     attributing_subscription,
@@ -32,7 +34,7 @@ from referral_program.attribution import (
 )
 from referral_runtime.db import Conn
 from referral_runtime.outbox import OutboxMessage
-from referral_runtime.settings import Settings
+from referral_runtime.settings import Settings, program_zone
 
 #: Serialises batch transactions and support operations that recompute referrals.
 REFERRAL_STATE_LOCK = 0x5EF_0001
@@ -96,6 +98,13 @@ def credit_earned_message(topic: str, row: asyncpg.Record) -> OutboxMessage:
     )
 
 
+def partner_periods_of(
+    multirange: Sequence[asyncpg.Range[datetime]] | None,
+) -> tuple[PartnerPeriod, ...]:
+    """``accounts.partner_periods`` (a ``tstzmultirange`` of ``[since, until)``) as plain pairs."""
+    return tuple((r.lower, r.upper) for r in multirange or ())
+
+
 # Joins on unnest() rather than `= any(array)`: with thousands of ids per batch
 # the planner otherwise scans the table comparing each row with the whole array.
 _SUBSCRIPTION_FACTS = """
@@ -145,11 +154,15 @@ async def recompute_referrals(
     conn: Conn,
     touched: Sequence[str],
     referrers_changed: Sequence[str],
+    tz: ZoneInfo | None = None,
 ) -> Counter[tuple[str, str]]:
     """Recompute the referral rows of touched referees and of referees of changed referrers.
 
-    Returns the (status, reason) of each row created or changed, counted.
+    ``tz`` is the program time zone (``eligible_on`` starts in it); ``None`` reads
+    ``PROGRAM_TIMEZONE``. Returns the (status, reason) of each row created or changed,
+    counted.
     """
+    tz = tz or program_zone()
     changed: Counter[tuple[str, str]] = Counter()
     if not touched and not referrers_changed:
         return changed
@@ -184,11 +197,11 @@ async def recompute_referrals(
         for referee in referees
         if (touch := attributing_subscription(subscriptions[referee])) is not None
     }
-    partners = {
-        r["account_id"]
+    partner_periods = {
+        r["account_id"]: partner_periods_of(r["partner_periods"])
         for r in await conn.fetch(
-            """select a.account_id from unnest($1::text[]) as w(account_id)
-               join accounts a using (account_id) where a.is_partner""",
+            """select a.account_id, a.partner_periods from unnest($1::text[]) as w(account_id)
+               join accounts a using (account_id) where a.partner_periods <> '{}'""",
             sorted({t.referrer_account_id for t in touches.values() if t.referrer_account_id}),
         )
     }
@@ -199,7 +212,8 @@ async def recompute_referrals(
             subscriptions[referee],
             invoices[referee],
             subscriptions.get(referrer, []),
-            referrer in partners,
+            partner_periods.get(referrer, ()),
+            tz,
         )
         if state is not None:
             states.append(state)

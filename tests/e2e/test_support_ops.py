@@ -454,14 +454,17 @@ async def test_payee_errors_say_what_is_wrong(
 async def test_partner_set_and_unset_recompute_undecided_referrals(
     settings: Settings, db: asyncpg.Connection, run_cli: Cli
 ) -> None:
-    code = await referrer_and_referee(db, settings)
+    # referee-1 has not paid yet: the flag as it is now counts. paid-1 first paid in
+    # March 2026, so its eligible_on (2026-06-01) passed before today's flag (SPEC §3.6).
+    code = await referrer_and_referee(db, settings, paid=False)
+    await referrer_and_referee(db, settings, "paid-1")
     await feed(
         db,
         settings,
         bill.subscription_created("decided", "s-decided", "voice_assistant", T0, code=code),
     )
     await decide(db, "decided", "forfeited", date(2026, 6, 2))
-    assert await referral(db, "referee-1") == ("qualified", None)
+    assert await referral(db, "referee-1") == ("pending", None)
 
     ran = await run_cli("partner", "set", "--account", "ref-1")
 
@@ -470,6 +473,7 @@ async def test_partner_set_and_unset_recompute_undecided_referrals(
         "account ref-1 is now a partner: 1 undecided referrals changed, 1 decided ones unchanged"
     )
     assert await referral(db, "referee-1") == ("ineligible", "partner_ineligible")
+    assert await referral(db, "paid-1") == ("qualified", None)  # flagged after eligible_on
     assert await referral(db, "decided") == ("pending", None)  # decided: frozen
     assert await db.fetchval("select is_partner from accounts where account_id = 'ref-1'")
 
@@ -481,7 +485,7 @@ async def test_partner_set_and_unset_recompute_undecided_referrals(
 
     ran = await run_cli("partner", "unset", "--account", "ref-1", "--actor", "carol")
     assert ran.status == 0, ran.err
-    assert await referral(db, "referee-1") == ("qualified", None)
+    assert await referral(db, "referee-1") == ("pending", None)
     assert [
         (a["actor"], a["action"], a["subject"], a["details"]) for a in await audit_rows(db)
     ] == [

@@ -77,11 +77,10 @@ def facts(*subscriptions: SubscriptionSpan, **changes: object) -> ReferralFacts:
         referrer_account_id="acct_referrer",
         referee_account_id="acct_referee",
         referral_code="7K3MQ9TZ",
-        currency="USD",
         status="qualified",
         reason=None,
         first_payment_at=FIRST_PAYMENT_AT,
-        referrer_is_partner=False,
+        referrer_partner_periods=(),
         payee=None,
         subscriptions=subscriptions,
     )
@@ -89,7 +88,7 @@ def facts(*subscriptions: SubscriptionSpan, **changes: object) -> ReferralFacts:
 
 
 def decided(referral: ReferralFacts, as_of: date = DECIDABLE) -> Decision:
-    decision = decide(referral, as_of, LA)
+    decision = decide(referral, as_of, LA, currency="USD")
     assert decision is not None
     return decision
 
@@ -218,8 +217,35 @@ def test_a_cancellation_recorded_just_before_eligibility_counts() -> None:
     assert decided(referral).reason == "cancelled_before_eligibility"
 
 
+PARTNER = ((datetime(2027, 1, 1, tzinfo=UTC), None),)
+
+
 def test_a_partner_referrer_is_ineligible() -> None:
-    decision = decided(facts(span(VR), referrer_is_partner=True))
+    decision = decided(facts(span(VR), referrer_partner_periods=PARTNER))
+    assert (decision.outcome, decision.reason) == ("ineligible", "partner_ineligible")
+
+
+@pytest.mark.parametrize(
+    "periods",
+    [
+        ((E, None),),  # set at the first instant of eligible_on: too late
+        ((E + DAY, None),),
+        ((None, E - SECOND),),  # a partner once, no longer before eligible_on
+        ((E - DAY, E - SECOND), (E + DAY, None)),
+    ],
+)
+def test_a_partner_flag_counts_only_if_set_just_before_eligible_on(
+    periods: tuple[tuple[datetime | None, datetime | None], ...],
+) -> None:
+    decision = decided(facts(span(VR), referrer_partner_periods=periods))
+    assert (decision.outcome, decision.reason) == ("due", None)
+
+
+@pytest.mark.parametrize("periods", [((None, None),), ((E - SECOND, E),), ((E - DAY, E + DAY),)])
+def test_a_partner_flag_set_before_eligible_on_and_not_unset_before_it_counts(
+    periods: tuple[tuple[datetime | None, datetime | None], ...],
+) -> None:
+    decision = decided(facts(span(VR), referrer_partner_periods=periods))
     assert (decision.outcome, decision.reason) == ("ineligible", "partner_ineligible")
     assert (decision.plan_family, decision.amount_cents) == (None, 0)
 
@@ -232,7 +258,7 @@ def test_the_consumers_ineligibility_reason_is_kept(reason: str) -> None:
 
 def test_the_consumers_reason_takes_precedence_over_partner() -> None:
     referral = facts(
-        span(VR), status="ineligible", reason="self_referral", referrer_is_partner=True
+        span(VR), status="ineligible", reason="self_referral", referrer_partner_periods=PARTNER
     )
     assert decided(referral).reason == "self_referral"
 
@@ -247,8 +273,11 @@ def test_payee_override_receives_the_cash() -> None:
     assert (decision.payee, decision.outcome) == ("acct_office_manager", "due")
 
 
-def test_currency_comes_from_the_referral() -> None:
-    assert decided(facts(span(VR), currency="CAD")).currency == "CAD"
+@pytest.mark.parametrize("currency", ["USD", "CAD"])
+def test_the_amount_is_the_programs_in_the_program_currency(currency: str) -> None:
+    decision = decide(facts(span(VR)), DECIDABLE, LA, currency=currency)
+    assert decision is not None
+    assert (decision.amount_cents, decision.currency) == (100_000, currency)
 
 
 # --- when a referral is decidable ----------------------------------------------------------
@@ -256,22 +285,22 @@ def test_currency_comes_from_the_referral() -> None:
 
 def test_no_first_payment_is_not_decidable() -> None:
     referral = facts(span(VR), first_payment_at=None, status="pending")
-    assert decide(referral, date(2035, 1, 1), LA) is None
+    assert decide(referral, date(2035, 1, 1), LA, currency="USD") is None
 
 
 def test_decisions_wait_settle_days_after_eligible_on() -> None:
     referral = facts(span(VR))
-    assert decide(referral, date(2027, 3, 31), LA) is None
-    assert decide(referral, date(2027, 4, 1), LA) is None
-    assert decide(referral, date(2027, 4, 2), LA) is not None
-    assert decide(referral, date(2027, 4, 3), LA, settle_days=3) is None
-    assert decide(referral, date(2027, 4, 4), LA, settle_days=3) is not None
-    assert decide(referral, date(2027, 4, 1), LA, settle_days=0) is not None
+    assert decide(referral, date(2027, 3, 31), LA, currency="USD") is None
+    assert decide(referral, date(2027, 4, 1), LA, currency="USD") is None
+    assert decide(referral, date(2027, 4, 2), LA, currency="USD") is not None
+    assert decide(referral, date(2027, 4, 3), LA, settle_days=3, currency="USD") is None
+    assert decide(referral, date(2027, 4, 4), LA, settle_days=3, currency="USD") is not None
+    assert decide(referral, date(2027, 4, 1), LA, settle_days=0, currency="USD") is not None
 
 
 def test_negative_settle_days_is_an_error() -> None:
     with pytest.raises(ValueError):
-        decide(facts(span(VR)), DECIDABLE, LA, settle_days=-1)
+        decide(facts(span(VR)), DECIDABLE, LA, settle_days=-1, currency="USD")
 
 
 def test_a_scheduler_catching_up_months_later_decides_the_same() -> None:
@@ -324,7 +353,7 @@ def test_decision_dates(
 ) -> None:
     referral = facts(span(VR, created_at=first_payment_at - timedelta(days=1)))
     referral = referral._replace(first_payment_at=first_payment_at)
-    assert decide(referral, first_decidable - timedelta(days=1), LA) is None
+    assert decide(referral, first_decidable - timedelta(days=1), LA, currency="USD") is None
     decision = decided(referral, first_decidable)
     assert (decision.eligible_on, decision.pay_by) == (expected_eligible_on, expected_pay_by)
     assert decision.first_payment_at == first_payment_at
@@ -339,7 +368,7 @@ def test_payout_id_is_deterministic_per_referral() -> None:
     assert payout_id_for(REFERRAL_ID) == UUID("38fd018c-87de-57d5-b9a6-32750aa1bcbd")
     assert payout_id_for(REFERRAL_ID) == uuid.uuid5(PAYOUT_NAMESPACE, f"payout:{REFERRAL_ID}")
     assert payout_id_for(uuid.uuid4()) != payout_id_for(REFERRAL_ID)
-    for referral in (facts(span(VR)), facts(), facts(span(VR), referrer_is_partner=True)):
+    for referral in (facts(span(VR)), facts(), facts(span(VR), referrer_partner_periods=PARTNER)):
         assert decided(referral).payout_id == payout_id_for(REFERRAL_ID)
 
 
@@ -378,13 +407,14 @@ def referrals(draw: st.DrawFn) -> ReferralFacts:
             SubscriptionSpan(f"sub_{index}", draw(FAMILIES), created_at, cancelled_at, effective_at)
         )
     ineligible_reason = draw(st.one_of(st.none(), st.sampled_from(CONSUMER_REASONS)))
+    bound = st.none() | OFFSETS.map(lambda offset: eligible_at + offset)
     return facts(
         *spans,
         referral_id=draw(st.uuids()),
         first_payment_at=first_payment_at,
         status="qualified" if ineligible_reason is None else "ineligible",
         reason=ineligible_reason,
-        referrer_is_partner=draw(st.booleans()),
+        referrer_partner_periods=tuple(draw(st.lists(st.tuples(bound, bound), max_size=2))),
         payee=draw(st.one_of(st.none(), st.just("acct_payee"))),
     )
 
@@ -401,8 +431,8 @@ def test_decision_does_not_depend_on_subscription_order(
 ) -> None:
     shuffled = data.draw(st.permutations(referral.subscriptions))
     as_of = first_decidable_day(referral)
-    assert decide(referral, as_of, LA) == decide(
-        referral._replace(subscriptions=tuple(shuffled)), as_of, LA
+    assert decide(referral, as_of, LA, currency="USD") == decide(
+        referral._replace(subscriptions=tuple(shuffled)), as_of, LA, currency="USD"
     )
 
 
@@ -416,8 +446,8 @@ def test_decision_does_not_depend_on_when_the_scheduler_runs(
     referral: ReferralFacts, settle_days: int, days_late: int
 ) -> None:
     first_day = first_decidable_day(referral, settle_days)
-    on_time = decide(referral, first_day, LA, settle_days)
-    late = decide(referral, first_day + timedelta(days=days_late), LA, settle_days)
+    on_time = decide(referral, first_day, LA, settle_days, currency="USD")
+    late = decide(referral, first_day + timedelta(days=days_late), LA, settle_days, currency="USD")
     assert on_time is not None
     assert late == on_time
 
@@ -432,7 +462,7 @@ def test_nothing_is_decided_before_the_settle_period_ends(
     referral: ReferralFacts, settle_days: int, days_early: int
 ) -> None:
     as_of = first_decidable_day(referral, settle_days) - timedelta(days=days_early)
-    assert decide(referral, as_of, LA, settle_days) is None
+    assert decide(referral, as_of, LA, settle_days, currency="USD") is None
 
 
 @settings(deadline=None)
@@ -458,15 +488,15 @@ def test_facts_from_eligible_on_onwards_change_nothing(
         for index, family in enumerate(data.draw(st.lists(FAMILIES, max_size=3)))
     ]
     as_of = first_decidable_day(referral)
-    assert decide(referral, as_of, LA) == decide(
-        referral._replace(subscriptions=tuple(changed)), as_of, LA
+    assert decide(referral, as_of, LA, currency="USD") == decide(
+        referral._replace(subscriptions=tuple(changed)), as_of, LA, currency="USD"
     )
 
 
 @settings(deadline=None)
 @given(referral=referrals())
 def test_decision_invariants(referral: ReferralFacts) -> None:
-    decision = decide(referral, first_decidable_day(referral), LA)
+    decision = decide(referral, first_decidable_day(referral), LA, currency="USD")
     assert decision is not None
     assert decision.payout_id == payout_id_for(referral.referral_id)
     assert decision.payee == (referral.payee or referral.referrer_account_id)
@@ -521,7 +551,7 @@ def test_decide_decides_exactly_the_referrals_paid_before_the_bound(
     first_payment_at: datetime, as_of: date, settle_days: int, tz: ZoneInfo
 ) -> None:
     referral = facts(span(), first_payment_at=first_payment_at)
-    is_decided = decide(referral, as_of, tz, settle_days) is not None
+    is_decided = decide(referral, as_of, tz, settle_days, currency="USD") is not None
     assert is_decided == (first_payment_at < decidable_before(as_of, tz, settle_days))
 
 

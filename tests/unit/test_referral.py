@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -19,6 +20,7 @@ from referral_program.attribution import (
 )
 
 T0 = datetime(2027, 1, 10, 12, tzinfo=UTC)
+LA = ZoneInfo("America/Los_Angeles")
 
 
 def sub(account: str, sid: str, *, at: datetime = T0, family: str = "virtual_receptionist",
@@ -47,7 +49,8 @@ REFERRER = [sub("R", "r1", domain="acme.com", org="org-r", fp="fp-r")]
 
 
 def state(referee_subs, invoices=(), referrer_subs=REFERRER, partner=False):  # type: ignore[no-untyped-def]
-    return referral_state(list(referee_subs), list(invoices), list(referrer_subs), partner)
+    periods = [(None, None)] if partner else []
+    return referral_state(list(referee_subs), list(invoices), list(referrer_subs), periods, LA)
 
 
 def test_not_referred_without_a_known_code() -> None:
@@ -139,7 +142,7 @@ class FakeStore:
         subs = [s for s in self.subscriptions.values() if s.account_id == referee]
         invoices = [i for i in self.invoices.values() if i.account_id == referee]
         referrer = [s for s in self.subscriptions.values() if s.account_id == "R"]
-        return referral_state(subs, invoices, referrer, False)
+        return referral_state(subs, invoices, referrer, [], LA)
 
 
 @st.composite

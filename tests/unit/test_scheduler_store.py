@@ -122,6 +122,52 @@ async def test_a_pass_decides_every_decidable_referral_once(
     assert sample(metrics, "referrals_scheduler_last_success_timestamp_seconds") > 0
 
 
+async def test_payouts_are_in_the_program_currency_whatever_the_referee_is_billed_in(
+    settings: Settings, db: asyncpg.Connection, pool: asyncpg.Pool
+) -> None:
+    await seed(db, 6, 6, AS_OF, tz=LA)
+    await db.execute("update subscriptions set currency = 'CAD'")
+    await db.execute("update referrals set currency = 'CAD'")
+    metrics = SchedulerMetrics(CollectorRegistry())
+    result = await run_pass(pool, settings, AS_OF, metrics)
+    assert result.count("due") == 6
+    rows = await db.fetch("select plan_family, amount_cents, currency from payouts")
+    assert {(r["amount_cents"], r["currency"]) for r in rows} <= {(100_000, "USD"), (20_000, "USD")}
+    payloads = [json.loads(r[0]) for r in await db.fetch("select payload from outbox")]
+    assert len(payloads) == 6
+    assert {p["data"]["currency"] for p in payloads} == {"USD"}
+
+
+async def test_a_partner_flag_counts_from_the_instant_it_was_set(
+    settings: Settings, db: asyncpg.Connection, pool: asyncpg.Pool
+) -> None:
+    await seed(db, 3, 3, AS_OF, tz=LA, referrers=3)
+    referrers = {
+        r["referee_account_id"]: r["referrer_account_id"]
+        for r in await db.fetch("select referee_account_id, referrer_account_id from referrals")
+    }
+    periods = {  # referee -> its referrer's partner periods
+        "seed-a0": "{[2027-04-01 07:00+00,)}",  # set at the first instant of eligible_on
+        "seed-a1": "{[2027-03-01 00:00+00,2027-04-01 07:00+00)}",  # unset at it: too late
+        "seed-a2": "{[2027-03-01 00:00+00,2027-04-01 06:59+00)}",  # unset just before
+    }
+    await db.execute(
+        "update accounts set is_partner = true where account_id = $1", referrers["seed-a0"]
+    )
+    for referee, value in periods.items():
+        await db.execute(
+            "update accounts set partner_periods = $2::text::tstzmultirange where account_id = $1",
+            referrers[referee],
+            value,
+        )
+    result = await run_pass(pool, settings, AS_OF, SchedulerMetrics(CollectorRegistry()))
+    assert result.total == 3
+    decided = dict(
+        await db.fetch("select referee_account_id, coalesce(reason, outcome) from payouts")
+    )
+    assert decided == {"seed-a0": "due", "seed-a1": "partner_ineligible", "seed-a2": "due"}
+
+
 async def test_locked_referrals_are_left_to_the_transaction_that_holds_them(
     settings: Settings, db: asyncpg.Connection
 ) -> None:
@@ -147,7 +193,7 @@ async def _seed_and_decide(db: asyncpg.Connection, n: int) -> list[tuple[Referra
     facts = await store.lock_decidable(
         db, await store.decidable_ids(db, bound, store.FIRST_KEY, n), bound
     )
-    return [(f, d) for f in facts if (d := decide(f, AS_OF, LA)) is not None]
+    return [(f, d) for f in facts if (d := decide(f, AS_OF, LA, currency="USD")) is not None]
 
 
 async def test_a_recorded_decision_is_never_replaced_nor_announced_twice(

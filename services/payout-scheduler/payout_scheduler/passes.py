@@ -53,6 +53,7 @@ class PassResult:
     chunks: int = 0
     seconds: float = 0.0
     completed: bool = False  # False when stopped before the last chunk
+    currency: str = "USD"  # the program currency, for the summary
 
     @property
     def total(self) -> int:
@@ -68,7 +69,7 @@ class PassResult:
     def summary(self) -> str:
         """One human paragraph: what was decided as of the day, and the cash due."""
         cash = ", ".join(
-            f"{family} {format_money(cents)}"
+            f"{family} {format_money(cents, self.currency)}"
             for family, cents in sorted(self.cash_due_cents.items())
         )
         reasons = ", ".join(
@@ -81,7 +82,7 @@ class PassResult:
             f"{self.seconds:.2f}s: {self.count(Outcome.DUE)} due, {self.count(Outcome.FORFEITED)} forfeited, "
             f"{self.count(Outcome.INELIGIBLE)} ineligible"
             + (f" ({reasons})" if reasons else "")
-            + f"; cash due {format_money(self.cash_total_cents)}"
+            + f"; cash due {format_money(self.cash_total_cents, self.currency)}"
             + (f" ({cash})" if cash else "")
             + "."
         )
@@ -117,7 +118,7 @@ async def _run_pass(
     workers: int,
 ) -> PassResult:
     started = time.perf_counter()
-    result = PassResult(as_of)
+    result = PassResult(as_of, currency=settings.program_currency)
     bound = decidable_before(as_of, settings.tz, settings.payout_settle_days)
     chunks = _candidate_chunks(pool, bound, settings.scheduler_batch)
     feeding = asyncio.Lock()
@@ -181,7 +182,7 @@ async def _decide_chunk(
     pool: asyncpg.Pool, settings: Settings, as_of: date, bound: datetime, ids: list[UUID]
 ) -> list[Decision]:
     """One transaction: lock the chunk, decide it, write payouts and outbox rows."""
-    tz = settings.tz
+    tz, settle_days, currency = settings.tz, settings.payout_settle_days, settings.program_currency
     async with pool.acquire() as conn, conn.transaction():
         facts = await store.lock_decidable(conn, ids, bound)
         if not facts:
@@ -189,7 +190,7 @@ async def _decide_chunk(
         decided = [
             (f, d)
             for f in facts
-            if (d := decide(f, as_of, tz, settings.payout_settle_days)) is not None
+            if (d := decide(f, as_of, tz, settle_days, currency=currency)) is not None
         ]
         recorded = await store.record_decisions(
             conn, decided, as_of, settings.topics.payout_due, tz

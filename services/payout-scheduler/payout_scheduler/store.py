@@ -27,6 +27,7 @@ from referral_program.decisions import (
 )
 from referral_program.table import QUALIFYING_FAMILIES, Outcome
 from referral_runtime.db import Conn
+from referral_runtime.referral_state import partner_periods_of
 
 #: Keyset start: below every referral id (ids are uuid5, never the nil UUID).
 FIRST_KEY = UUID(int=0)
@@ -54,8 +55,8 @@ limit $3
 # (Rows rather than per-referral arrays: cheaper for Postgres to build.)
 _LOCK_DECIDABLE = """
 select r.referral_id, r.referrer_account_id, r.referee_account_id, r.referral_code,
-       r.currency, r.status, r.reason, r.first_payment_at,
-       coalesce(a.is_partner, false) as referrer_is_partner,
+       r.status, r.reason, r.first_payment_at,
+       nullif(a.partner_periods, '{}') as partner_periods,
        coalesce(r.payee, a.payee) as payee,
        s.subscription_id, s.plan_family, s.created_at, c.cancelled_at, c.effective_at
 from referrals r
@@ -74,7 +75,8 @@ for update of r skip locked
 # an outbox row only for a payouts row inserted now, so a decision a replica
 # already recorded (the primary key conflict) is neither replaced nor announced
 # twice, and its id is what the statement returns (usually nothing). Columns the
-# decision copies from the referral come from the row itself; the message key is
+# decision copies from the referral come from the row itself (the currency is the
+# decision's: the program's, never the referee's billing one); the message key is
 # the referrer account, as ``OutboxMessage.key`` would encode it.
 #
 # Few bytes to encode: the distinct (outcome, reason, family, amount, eligible_on,
@@ -84,8 +86,10 @@ for update of r skip locked
 _RECORD_DECISIONS = """
 with kinds as (
     select k.*
-    from unnest($3::text[], $4::text[], $5::text[], $6::bigint[], $7::date[], $8::date[])
-        with ordinality as k(outcome, reason, plan_family, amount_cents, eligible_on, pay_by, kind)
+    from unnest($3::text[], $4::text[], $5::text[], $6::bigint[], $7::text[], $8::date[],
+                $9::date[])
+        with ordinality as k(outcome, reason, plan_family, amount_cents, currency, eligible_on,
+                             pay_by, kind)
 ),
 recorded as (
     insert into payouts (referral_id, payout_id, outcome, reason, referrer_account_id,
@@ -93,9 +97,9 @@ recorded as (
         eligible_on, pay_by, as_of)
     select d.referral_id, d.payout_id, k.outcome, k.reason, r.referrer_account_id,
            r.referee_account_id, coalesce(d.payee, r.referrer_account_id), k.plan_family,
-           k.amount_cents, r.currency, r.first_payment_at, k.eligible_on, k.pay_by, $11::date
+           k.amount_cents, k.currency, r.first_payment_at, k.eligible_on, k.pay_by, $12::date
     from (select unnest($1::uuid[]) as referral_id, unnest($2::uuid[]) as payout_id,
-                 unnest($9::text[]) as payee, unnest($10::int[]) as kind) as d
+                 unnest($10::text[]) as payee, unnest($11::int[]) as kind) as d
     join kinds k on k.kind = d.kind
     join referrals r on r.referral_id = d.referral_id
     on conflict do nothing
@@ -103,8 +107,8 @@ recorded as (
 ),
 announced as (
     insert into outbox (topic, key, payload)
-    select $12::text, convert_to(rec.referrer_account_id, 'UTF8'), m.message
-    from (select unnest($13::uuid[]) as referral_id, unnest($14::bytea[]) as message) as m
+    select $13::text, convert_to(rec.referrer_account_id, 'UTF8'), m.message
+    from (select unnest($14::uuid[]) as referral_id, unnest($15::bytea[]) as message) as m
     join recorded rec on rec.referral_id = m.referral_id
 )
 select d.referral_id from unnest($1::uuid[]) as d(referral_id)
@@ -179,11 +183,10 @@ def _facts(
         referrer_account_id=head["referrer_account_id"],
         referee_account_id=head["referee_account_id"],
         referral_code=head["referral_code"],
-        currency=head["currency"],
         status=head["status"],
         reason=head["reason"],
         first_payment_at=head["first_payment_at"],
-        referrer_is_partner=head["referrer_is_partner"],
+        referrer_partner_periods=partner_periods_of(head["partner_periods"]),
         payee=head["payee"],
         subscriptions=_spans(spans),
     )
@@ -230,10 +233,18 @@ async def record_decisions(
     if not decided:
         return set()
     decisions = [d for _, d in decided]
-    kinds: dict[tuple[str, str | None, str | None, int, date, date], int] = {}
+    kinds: dict[tuple[str, str | None, str | None, int, str, date, date], int] = {}
     kind_of = [
         kinds.setdefault(
-            (d.outcome, d.reason, d.plan_family, d.amount_cents, d.eligible_on, d.pay_by),
+            (
+                d.outcome,
+                d.reason,
+                d.plan_family,
+                d.amount_cents,
+                d.currency,
+                d.eligible_on,
+                d.pay_by,
+            ),
             len(kinds) + 1,  # ordinality numbers from 1
         )
         for d in decisions
