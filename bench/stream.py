@@ -84,7 +84,7 @@ class Expected:
     subscriptions: int = 0
     invoices: int = 0
     cancellations: int = 0
-    code_outcomes: Counter[str] = field(default_factory=Counter)  # none/known/unknown
+    code_outcomes: Counter[str] = field(default_factory=Counter)  # none/known/unknown/malformed
     referrals: dict[str, ExpectedReferral] = field(default_factory=dict)
     bad_kinds: Counter[str] = field(default_factory=Counter)
 
@@ -352,7 +352,15 @@ def generate(
         cancellations=n_cancelled,
     )
     for sub in subs:
-        outcome = "none" if sub.code is None else "known" if sub.referrer else "unknown"
+        outcome = (
+            "none"
+            if sub.code is None
+            else "known"
+            if sub.referrer
+            else "malformed"
+            if normalise(sub.code) is None
+            else "unknown"
+        )
         expected.code_outcomes[outcome] += 1
     expected.referrals = _expected_referrals(subs, invoices, referrer_customer)
 

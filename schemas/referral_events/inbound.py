@@ -27,7 +27,12 @@ class SubscriptionCreatedData(Data):
     subscription_id: Identifier
     plan_family: Identifier
     plan_id: Identifier
-    referral_code: Annotated[str, StringConstraints(max_length=64)] | None = None
+    referral_code: str | None = Field(
+        default=None,
+        description="The code the subscriber typed, as typed. Advisory: one that is not a "
+        "referral code (too long, wrong symbols) attributes nothing and is recorded as "
+        "malformed; the subscription is applied all the same. Only its normal form is stored.",
+    )
     first_time_client: bool = Field(default=True, strict=True)
     currency: Currency
     customer: Customer = Customer()

@@ -29,9 +29,10 @@ def test_mix_matches_the_issue() -> None:
     assert e.by_type["subscription.created"] == round(e.distinct_events * 0.25)
     assert e.by_type["subscription.cancelled"] == round(e.distinct_events * 0.15)
     assert sum(e.by_type.values()) == e.distinct_events
-    with_code = e.code_outcomes["known"] + e.code_outcomes["unknown"]
+    with_code = e.code_outcomes["known"] + e.code_outcomes["unknown"] + e.code_outcomes["malformed"]
     assert abs(with_code / e.subscriptions - 0.30) < 0.03
     assert e.code_outcomes["unknown"] > 0
+    assert e.code_outcomes["malformed"] > 0
     assert len(e.bad_kinds) >= 8
 
 

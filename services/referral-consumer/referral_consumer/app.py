@@ -165,7 +165,11 @@ class ConsumerService:
             self.stopping,
             on_health=self._set_ready,
         )
-        parser = BatchParser(s.topics.billing, max_message_bytes=s.max_message_bytes)
+        parser = BatchParser(
+            s.topics.billing,
+            max_message_bytes=s.max_message_bytes,
+            program_currency=s.program_currency,
+        )
         self.pipeline = BatchPipeline(parser, self.writer, self.metrics, overlap=s.consumer_overlap)
         producer = await retry_until_stopped(
             "broker_connect", self._start_producer, self.stopping, _backoff()

@@ -44,6 +44,9 @@ class Record(Protocol):
 class Parsed:
     record: Record
     event: BillingEvent
+    #: The currency of a billing event (``subscription.created``, ``invoice.paid``) that is
+    #: not the program's; the event is applied as usual and only counted.
+    foreign_currency: str | None = None
 
 
 @dataclass(frozen=True)
@@ -54,9 +57,17 @@ class DeadLetter:
 
 
 def parse_record(
-    record: Record, topic_types: Mapping[str, str], max_bytes: int
+    record: Record,
+    topic_types: Mapping[str, str],
+    max_bytes: int,
+    program_currency: str | None = None,
 ) -> Parsed | DeadLetter:
-    """Validate one record against the model its topic carries."""
+    """Validate one record against the model its topic carries.
+
+    Only what makes the message as a whole untrustworthy dead-letters it; an
+    advisory field that is wrong (a malformed ``referral_code``) does not, and a
+    currency other than ``program_currency`` is only noted on the result.
+    """
     value = record.value or b""
     if len(value) > max_bytes:
         return DeadLetter(
@@ -69,9 +80,12 @@ def parse_record(
     expected = topic_types[record.topic]
     model = INBOUND_EVENT_TYPES[expected]
     try:
-        return Parsed(record, model.model_validate_json(value))
+        event = model.model_validate_json(value)
     except ValidationError as exc:
         return DeadLetter(record, *_classify(exc, value, expected))
+    currency = getattr(event.data, "currency", None)
+    foreign = currency if program_currency and currency and currency != program_currency else None
+    return Parsed(record, event, foreign)
 
 
 def _classify(exc: ValidationError, value: bytes, expected: str) -> tuple[DeadLetterReason, str]:

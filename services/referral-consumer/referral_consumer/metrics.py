@@ -32,8 +32,26 @@ class ConsumerMetrics:
         )
         self.unknown_codes = Counter(
             "referrals_consumer_unknown_codes",
-            "subscription.created carrying a code that attributes nothing",
+            "subscription.created applied with a code that attributes nothing, by kind: "
+            "unknown (nobody's code), malformed (cannot be a code), revoked",
             ["kind"],
+            registry=registry,
+        )
+        self.unknown_references = Counter(
+            "referrals_consumer_unknown_references",
+            "invoice.paid / subscription.cancelled applied for an account (kind=account) or a "
+            "subscription of a known account (kind=subscription) not seen yet. Counted once, at "
+            "apply time: billing topics are not ordered, so one that arrives before its "
+            "subscription.created counts here although the subscription may arrive later",
+            ["event_type", "kind"],
+            registry=registry,
+        )
+        self.foreign_currency = Counter(
+            "referrals_events_in_foreign_currency",
+            "subscription.created / invoice.paid applied in a currency other than "
+            "PROGRAM_CURRENCY, by that currency (applied as usual, never dead-lettered; "
+            "payouts and credits stay in the program currency)",
+            ["currency"],
             registry=registry,
         )
         self.batch_size = Histogram(
@@ -84,3 +102,14 @@ class ConsumerMetrics:
             registry=registry,
         )
         self.outbox = OutboxMetrics(registry)
+
+    def observe_references(
+        self,
+        unknown_references: dict[tuple[str, str], int],
+        foreign_currency: dict[str, int],
+    ) -> None:
+        """Count a committed batch's unknown references and foreign-currency events."""
+        for (event_type, kind), n in unknown_references.items():
+            self.unknown_references.labels(event_type, kind).inc(n)
+        for currency, n in foreign_currency.items():
+            self.foreign_currency.labels(currency).inc(n)

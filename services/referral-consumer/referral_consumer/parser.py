@@ -26,9 +26,17 @@ class ParsedBatch:
 class BatchParser:
     """Turns fetched records into a :class:`ParsedBatch` (pure CPU work, no I/O)."""
 
-    def __init__(self, topic_types: dict[str, str], *, max_message_bytes: int) -> None:
+    def __init__(
+        self,
+        topic_types: dict[str, str],
+        *,
+        max_message_bytes: int,
+        program_currency: str | None = None,
+    ) -> None:
         self._topic_types = topic_types
         self._max_bytes = max_message_bytes
+        #: Billing events in another currency are counted (None: not checked).
+        self._program_currency = program_currency
 
     async def parse_interleaved(self, records: Sequence[Record]) -> ParsedBatch:
         """Validate and plan every record (pure CPU work), yielding to the loop every
@@ -50,7 +58,9 @@ class BatchParser:
     def _parse_into(self, plan: BatchPlan, records: Sequence[Record]) -> None:
         parsed = []
         for record in records:
-            outcome = parse_record(record, self._topic_types, self._max_bytes)
+            outcome = parse_record(
+                record, self._topic_types, self._max_bytes, self._program_currency
+            )
             if isinstance(outcome, Parsed):
                 parsed.append(outcome)
             else:

@@ -27,8 +27,9 @@ from referral_program.attribution import PUBLIC_EMAIL_DOMAINS, email_domain, fin
 NO_CODE, MALFORMED_CODE, CODE = "none", "malformed", "code"
 
 
-# Run by the store under the batch lock, where the code is resolved: 'unknown' covers a malformed code and
-# one nobody owns; an alias still attributes to its owner, a revoked code to nobody.
+# Run by the store under the batch lock, where the code is resolved: 'malformed' is text that cannot be
+# a code (only its normal form is ever stored, so nothing of it is kept), 'unknown' a well-formed code
+# nobody owns; an alias still attributes to its owner, a revoked code to nobody.
 INSERT_SUBSCRIPTIONS = """
 with inserted as (
     insert into subscriptions (subscription_id, account_id, event_id, created_at, plan_family,
@@ -37,6 +38,7 @@ with inserted as (
     select s.subscription_id, s.account_id, s.event_id, s.created_at, s.plan_family, s.plan_id,
            s.currency, s.first_time_client, s.referral_code,
            case when s.code_state = 'none' then 'none'
+                when s.code_state = 'malformed' then 'malformed'
                 when c.status is null then 'unknown'
                 when c.status = 'revoked' then 'revoked'
                 else 'known' end,
@@ -50,13 +52,10 @@ with inserted as (
               payment_fingerprint_hash)
     left join referral_codes c on c.code = s.referral_code
     on conflict do nothing
-    returning code_outcome, referral_code
+    returning code_outcome
 )
-select case when code_outcome = 'revoked' then 'revoked'
-            when referral_code is null then 'malformed'
-            else 'unknown' end as kind,
-       count(*) as n
-from inserted where code_outcome in ('unknown', 'revoked') group by 1
+select code_outcome as kind, count(*) as n
+from inserted where code_outcome in ('unknown', 'malformed', 'revoked') group by 1
 """
 
 
@@ -140,7 +139,7 @@ insert into invoices (invoice_id, account_id, subscription_id, event_id, paid_at
 select * from unnest($1::text[], $2::text[], $3::text[], $4::uuid[], $5::timestamptz[],
     $6::bigint[], $7::bigint[], $8::text[])
 on conflict do nothing
-returning invoice_id, account_id, amount_paid_cents, paid_at
+returning invoice_id, account_id, subscription_id, amount_paid_cents, paid_at
 """
 
 INSERT_CANCELLATIONS = """
@@ -149,6 +148,20 @@ insert into cancellations (event_id, subscription_id, account_id, cancelled_at, 
 select * from unnest($1::uuid[], $2::text[], $3::text[], $4::timestamptz[], $5::timestamptz[],
     $6::text[])
 on conflict do nothing
+returning account_id, subscription_id
+"""
+
+# The references of newly applied invoices and cancellations that nothing known answers to, as the
+# database holds them at apply time (this batch's subscriptions included): 'account' when the account
+# has no subscription at all, 'subscription' when the account is known but that subscription is not.
+UNKNOWN_REFERENCES = """
+select r.event_type,
+       case when not exists (select 1 from subscriptions s where s.account_id = r.account_id)
+            then 'account' else 'subscription' end as kind,
+       count(*) as n
+from unnest($1::text[], $2::text[], $3::text[]) as r(event_type, account_id, subscription_id)
+where not exists (select 1 from subscriptions s where s.subscription_id = r.subscription_id)
+group by 1, 2
 """
 
 

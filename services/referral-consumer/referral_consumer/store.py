@@ -24,6 +24,7 @@ from referral_consumer.plan import (
     INSERT_INBOX,
     INSERT_INVOICES,
     INSERT_SUBSCRIPTIONS,
+    UNKNOWN_REFERENCES,
     BatchPlan,
 )
 from referral_program import codes
@@ -46,6 +47,10 @@ class BatchResult:
     duplicates: Counter[tuple[str, str]] = field(default_factory=Counter)
     dead_lettered: Counter[tuple[str, str]] = field(default_factory=Counter)  # (topic, reason)
     unknown_codes: Counter[str] = field(default_factory=Counter)
+    #: Applied invoices/cancellations whose account or subscription is unknown at apply time.
+    unknown_references: Counter[tuple[str, str]] = field(default_factory=Counter)  # (type, kind)
+    #: Applied billing events in a currency other than the program's, by that currency.
+    foreign_currency: Counter[str] = field(default_factory=Counter)
     attributions: Counter[tuple[str, str]] = field(default_factory=Counter)  # (status, reason)
     codes_assigned: int = 0
     credits: int = 0
@@ -71,8 +76,13 @@ async def apply_batch(
     outbox += await _assign_codes(conn, sorted(plan.accounts), out, randbits, result)
     await _insert_subscriptions(conn, plan, result)
     new_invoices = await _insert_invoices(conn, plan)
-    if plan.cancelled:
-        await conn.execute(INSERT_CANCELLATIONS, *plan.cancellation_columns)
+    new_cancellations = (
+        await conn.fetch(INSERT_CANCELLATIONS, *plan.cancellation_columns) if plan.cancelled else []
+    )
+    await _count_unknown_references(conn, new_invoices, new_cancellations, result)
+    for p in result.applied_events:
+        if p.foreign_currency:
+            result.foreign_currency[p.foreign_currency] += 1
     outbox += await _legacy_credits(conn, new_invoices, out, result)
     created = plan.created
     fresh = [
@@ -156,6 +166,32 @@ async def _insert_subscriptions(conn: Conn, plan: BatchPlan, result: BatchResult
         return
     for kind, n in await conn.fetch(INSERT_SUBSCRIPTIONS, *plan.created.arrays()):
         result.unknown_codes[kind] += n
+
+
+async def _count_unknown_references(
+    conn: Conn,
+    invoices: list[asyncpg.Record],
+    cancellations: list[asyncpg.Record],
+    result: BatchResult,
+) -> None:
+    """SPEC §4: a reference to something unknown is a business outcome, applied and counted.
+
+    Counted once, when the invoice or cancellation is first applied, against what is
+    known then: one that arrives before its account's ``subscription.created`` counts
+    even though the subscription may come later (billing topics are not ordered).
+    """
+    rows = [("invoice.paid", r) for r in invoices] + [
+        ("subscription.cancelled", r) for r in cancellations
+    ]
+    if not rows:
+        return
+    for event_type, kind, n in await conn.fetch(
+        UNKNOWN_REFERENCES,
+        [t for t, _ in rows],
+        [r["account_id"] for _, r in rows],
+        [r["subscription_id"] for _, r in rows],
+    ):
+        result.unknown_references[(event_type, kind)] += n
 
 
 async def _insert_invoices(conn: Conn, plan: BatchPlan) -> list[asyncpg.Record]:

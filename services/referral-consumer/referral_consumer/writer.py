@@ -144,6 +144,7 @@ class BatchWriter:
             m.dead_letters.labels(topic, reason).inc(n)
         for kind, n in result.unknown_codes.items():
             m.unknown_codes.labels(kind).inc(n)
+        m.observe_references(result.unknown_references, result.foreign_currency)
         for (status, reason), n in result.attributions.items():
             m.attributions.labels(status, reason).inc(n)
         now = datetime.now(UTC)
@@ -163,6 +164,8 @@ def _merge(a: BatchResult, b: BatchResult) -> BatchResult:
     a.duplicates.update(b.duplicates)
     a.dead_lettered.update(b.dead_lettered)
     a.unknown_codes.update(b.unknown_codes)
+    a.unknown_references.update(b.unknown_references)
+    a.foreign_currency.update(b.foreign_currency)
     a.attributions.update(b.attributions)
     a.codes_assigned += b.codes_assigned
     a.credits += b.credits
