@@ -1,0 +1,111 @@
+"""SPEC §1: a cancellation after ``payout.due`` was emitted claws nothing back, but is recorded.
+
+Real broker and Postgres: billing events through the consumer, the decision by a real
+``payout-scheduler tick`` process, the payout read back from its topic.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+from pathlib import Path
+
+import asyncpg
+
+from referral_devtools import synthetic as bill
+from referral_runtime.settings import Settings
+from tests.conftest import wait_for
+from tests.e2e.harness import producer, read_topic, running_consumer, spawn
+
+T0 = datetime(2027, 1, 5, 17, 0, tzinfo=UTC)
+SIGNED_UP = datetime(2027, 1, 8, 17, 0, tzinfo=UTC)
+PAID = datetime(2027, 1, 9, 18, 0, tzinfo=UTC)  # eligible_on 2027-04-01, decidable 04-02
+CANCELLED = datetime(2027, 4, 10, 16, 0, tzinfo=UTC)
+VR = "virtual_receptionist"
+
+
+async def _inbox_reaches(db: asyncpg.Connection, n: int) -> None:
+    async def applied() -> bool:
+        return bool(await db.fetchval("select count(*) from inbox") >= n)
+
+    await wait_for(applied, timeout=60)
+
+
+def _tick(settings: Settings, as_of: str, log: Path) -> int:
+    proc = spawn(["payout-scheduler", "tick", "--as-of", as_of, "--allow-future"], settings, log)
+    return proc.wait(60)
+
+
+async def test_a_cancellation_after_payout_due_changes_nothing_but_is_recorded(
+    settings: Settings, db: asyncpg.Connection, tmp_path: Path
+) -> None:
+    log = tmp_path / "tick.log"
+    async with running_consumer(settings), producer(settings) as p:
+        await bill.publish(
+            p, settings.topics, [bill.subscription_created("ref-a", "ref-a-s", VR, T0)]
+        )
+        await _inbox_reaches(db, 1)
+        code = await db.fetchval("select code from referral_codes where account_id = 'ref-a'")
+        await bill.publish(
+            p,
+            settings.topics,
+            [
+                bill.subscription_created("vr", "vr-s", VR, SIGNED_UP, code=code),
+                bill.invoice_paid("vr", "vr-s", "vr-i1", 19900, PAID),
+            ],
+        )
+        await _inbox_reaches(db, 3)
+
+        assert await asyncio.to_thread(_tick, settings, "2027-04-02", log) == 0, log.read_text()
+        first = await read_topic(settings, settings.topics.payout_due, expect=1)
+        assert len(first) == 1
+        payout_id = first[0].json()["data"]["payout_id"]
+        payout = dict(await db.fetchrow("select * from payouts where referee_account_id = 'vr'"))
+        assert (payout["outcome"], payout["amount_cents"]) == ("due", 100_000)
+        referral = await db.fetchrow(
+            "select status, reason from referrals where referee_account_id = 'vr'"
+        )
+
+        # The referee cancels after the payout was published.
+        await bill.publish(
+            p,
+            settings.topics,
+            [bill.subscription_cancelled("vr", "vr-s", CANCELLED, reason="moving")],
+        )
+        await _inbox_reaches(db, 4)
+
+        # Later passes (the next day, and one after the cancellation) decide nothing anew.
+        for as_of in ("2027-04-03", "2027-04-11"):
+            assert await asyncio.to_thread(_tick, settings, as_of, log) == 0, log.read_text()
+
+    # Recorded ...
+    cancellation = await db.fetchrow(
+        "select subscription_id, effective_at, reason from cancellations where account_id = 'vr'"
+    )
+    assert cancellation is not None
+    assert (
+        cancellation["subscription_id"],
+        cancellation["effective_at"],
+        cancellation["reason"],
+    ) == (
+        "vr-s",
+        CANCELLED,
+        "moving",
+    )
+    # ... but nothing clawed back: the payout row is as it was, the referral is not forfeited,
+    assert (
+        dict(await db.fetchrow("select * from payouts where referee_account_id = 'vr'")) == payout
+    )
+    assert await db.fetchval("select count(*) from payouts") == 1
+    assert (
+        await db.fetchrow("select status, reason from referrals where referee_account_id = 'vr'")
+    ) == referral
+    # ... and no second payout.due (nor a redelivery under another id) is published.
+    received = await read_topic(settings, settings.topics.payout_due, expect=2, timeout=5)
+    assert [m.json()["data"]["payout_id"] for m in received] == [payout_id]
+    assert (
+        await db.fetchval(
+            "select count(*) from outbox where topic = $1", settings.topics.payout_due
+        )
+        == 1
+    )
