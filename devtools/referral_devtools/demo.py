@@ -412,15 +412,12 @@ async def _setup(
 async def _running_consumer(settings: Settings) -> AsyncIterator[ConsumerService]:
     """The consumer service in this event loop: the same start and stop as the ASGI app."""
     service = ConsumerService(settings)
-    await service.start_resources()
+    await service.start()
     try:
-        await service.broker.start()
-        await service.start_relay()
+        await asyncio.wait_for(service.started.wait(), STALL_SECONDS)
         yield service
     finally:
-        await service.begin_shutdown()
-        await service.broker.stop()
-        await service.close_resources()
+        await service.stop()
 
 
 class Feed:
