@@ -217,10 +217,22 @@ def _cmd_partner(is_partner: bool) -> Callable[[argparse.Namespace], int]:
 
 def cmd_list(args: argparse.Namespace) -> int:
     async def op(conn: asyncpg.Connection, settings: Settings) -> str:
-        page = await listing.referrals_page(conn, args.referrer, settings, datetime.now(UTC))
+        legacy_lines = await listing.legacy_lines(conn, args.referrer, settings.tz)
+        try:
+            page = await listing.referrals_page(conn, args.referrer, settings, datetime.now(UTC))
+        except support.UnknownAccount:
+            if not legacy_lines:
+                raise
+            # A referrer known only from the legacy import (its account not seen by billing yet).
+            page = listing.ReferralsPage(support.checked_account(args.referrer), None, None, [])
         if args.format == "json":
-            return json.dumps(page.to_json(), indent=2)
-        return render_table(page)
+            return json.dumps(
+                {**page.to_json(), "legacy": [line.to_json() for line in legacy_lines]}, indent=2
+            )
+        if not legacy_lines:
+            return render_table(page)
+        cash = render_table(page) if page.referrals else f"no cash referrals for {page.account_id}"
+        return cash + "\n\n" + render_legacy(legacy_lines)
 
     return _run(op)
 
@@ -239,11 +251,9 @@ def cmd_legacy_import(args: argparse.Namespace) -> int:
         rows = legacy.parse_legacy_csv(legacy.decode_legacy_csv(data), settings.program_currency)
     except support.LegacyImportError as exc:
         raise support.LegacyImportError([f"{path}: {e}" for e in exc.errors]) from None
-    credit_from = (
-        datetime.combine(args.credit_from, time(0), tzinfo=settings.tz)
-        if args.credit_from
-        else None
-    )
+    # The old system credited every invoice before the import: by default credits start today.
+    credit_day = args.credit_from or datetime.now(settings.tz).date()
+    credit_from = datetime.combine(credit_day, time(0), tzinfo=settings.tz)
 
     async def op(conn: asyncpg.Connection, settings: Settings) -> str:
         done = await legacy.import_legacy(
@@ -253,14 +263,35 @@ def cmd_legacy_import(args: argparse.Namespace) -> int:
             actor=actor,
             out=Outbound.from_settings(settings),
             credit_from=credit_from,
+            dry_run=args.dry_run,
         )
-        return (
-            f"imported {done.file}: {done.rows} rows, {done.new} new, "
-            f"{done.already_imported} already imported; "
-            f"{done.credits} credits for invoices already paid"
-        )
+        return render_legacy_import(done, credit_day)
 
     return _run(op, settings)
+
+
+def render_legacy_import(done: legacy.LegacyImported, credit_day: date) -> str:
+    """What an import did, or with ``--dry-run`` would do: counts, then every row."""
+    would = done.dry_run
+    head = (
+        f"{'dry run, nothing written: would import' if would else 'imported'} {done.file}: "
+        f"{done.rows} rows, {done.new} new, {done.already_imported} already imported; "
+        f"{done.credits} credits for invoices already paid since {credit_day.isoformat()}"
+    )
+    if not would:
+        return head
+    lines = [head]
+    lines += [
+        f"  import: referee {r.referee_account_id} of referrer {r.referrer_account_id}, "
+        f"{format_money(r.monthly_credit_cents, r.currency)} a month (line {r.line})"
+        for r in done.imported
+    ]
+    lines += [
+        f"  credit: invoice {c.invoice_id} of {c.referee_account_id} -> "
+        f"{c.referrer_account_id} {format_money(c.amount_cents, c.currency)}"
+        for c in done.credited
+    ]
+    return "\n".join(lines)
 
 
 # --- the referral table ----------------------------------------------------------------------
@@ -323,6 +354,52 @@ def render_table(page: listing.ReferralsPage) -> str:
             *(line(r) for r in rows),
             "",
             f"{len(rows)} referrals: {summary}",
+        ]
+    )
+
+
+_LEGACY_COLUMNS = ("REFEREE", "MONTHLY_CREDIT", "IMPORTED", "CREDITS", "CREDITED")
+
+
+def render_legacy(lines: Sequence[listing.LegacyLine]) -> str:
+    """The legacy monthly-credit referrals (account credit, not cash) as aligned columns."""
+    rows = [
+        (
+            line.referee_account_id,
+            format_money(line.monthly_credit_cents, line.currency),
+            line.imported_on.isoformat(),
+            str(line.credits),
+            format_money(line.credited_cents, line.currency),
+        )
+        for line in lines
+    ]
+    widths = [max(len(row[i]) for row in [_LEGACY_COLUMNS, *rows]) for i in range(5)]
+    right = {1, 3, 4}
+
+    def fmt(cells: tuple[str, ...]) -> str:
+        return "  ".join(
+            c.rjust(w) if i in right else c.ljust(w)
+            for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+        ).rstrip()
+
+    currencies = {line.currency for line in lines}
+    total = (
+        format_money(sum(line.credited_cents for line in lines), currencies.pop())
+        if len(currencies) == 1
+        else "; ".join(
+            format_money(sum(x.credited_cents for x in lines if x.currency == c), c)
+            for c in sorted(currencies)
+        )
+    )
+    credits = sum(line.credits for line in lines)
+    return "\n".join(
+        [
+            "legacy referrals (monthly account credit, not cash)",
+            "",
+            fmt(_LEGACY_COLUMNS),
+            *(fmt(r) for r in rows),
+            "",
+            f"{len(rows)} legacy referrals: {credits} credits, {total} credited in total",
         ]
     )
 
@@ -433,8 +510,15 @@ def _add_support_commands(sub: Subcommands) -> None:
         "--credit-from",
         type=_iso_date,
         metavar="YYYY-MM-DD",
-        help="credit only invoices already paid from this day on (program time zone); "
-        "default: every known paid invoice",
+        help="credit the invoices already paid from this day on (program time zone). "
+        "Default: today in PROGRAM_TIMEZONE, so nothing the old system already credited is "
+        "credited again; give an earlier day only for invoices it did not credit",
+    )
+    legacy_import.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="check the file and show what would be imported and credited (counts and rows) "
+        "without writing anything",
     )
     legacy_import.set_defaults(func=_guarded(cmd_legacy_import))
 

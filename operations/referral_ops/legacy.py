@@ -184,11 +184,29 @@ def parse_legacy_csv(text: str, program_currency: str) -> list[LegacyRow]:
 
 
 @dataclass(frozen=True)
+class LegacyCredit:
+    """A credit for an invoice already paid when its referral was imported."""
+
+    invoice_id: str
+    referee_account_id: str
+    referrer_account_id: str
+    amount_cents: int
+    currency: str
+
+
+@dataclass(frozen=True)
 class LegacyImported:
     file: str
     rows: int
     new: int
     credits: int  # credits backfilled for invoices paid before the import
+    #: The referees imported now (not already imported), in file order.
+    imported: tuple[LegacyRow, ...] = ()
+    #: The backfilled credits, oldest invoice first.
+    credited: tuple[LegacyCredit, ...] = ()
+    credit_from: datetime | None = None
+    #: Nothing was written: this is what the import would do.
+    dry_run: bool = False
 
     @property
     def already_imported(self) -> int:
@@ -227,6 +245,7 @@ async def import_legacy(
     actor: str,
     out: Outbound,
     credit_from: datetime | None = None,
+    dry_run: bool = False,
 ) -> LegacyImported:
     """Import legacy referrals, all or nothing, and credit the invoices already paid.
 
@@ -234,11 +253,41 @@ async def import_legacy(
     a *different* legacy referral fails the whole import. Every known paid
     invoice of an imported referee (from ``credit_from`` on, if given) gets one
     ``referral.credit.earned``; the consumer credits the invoices that arrive later.
+    The CLI always passes a ``credit_from`` (default today): the old system already
+    credited the invoices before it.
+
+    ``dry_run`` does the whole import in a transaction that is rolled back: the
+    result says what would be imported and credited, and nothing is written
+    (no rows, no outbox message, no audit entry).
     """
     actor = checked_actor(actor)
     if not rows:
         raise LegacyImportError(["the file has a header but no rows"])
     referees = [r.referee_account_id for r in rows]
+    try:
+        return await _import(conn, rows, referees, file, actor, out, credit_from, dry_run)
+    except _DryRunDone as done:
+        return done.result
+
+
+class _DryRunDone(Exception):
+    """Raised out of the import's transaction to roll a dry run back."""
+
+    def __init__(self, result: LegacyImported) -> None:
+        super().__init__("dry run")
+        self.result = result
+
+
+async def _import(
+    conn: asyncpg.Connection,
+    rows: Sequence[LegacyRow],
+    referees: list[str],
+    file: str,
+    actor: str,
+    out: Outbound,
+    credit_from: datetime | None,
+    dry_run: bool,
+) -> LegacyImported:
     async with conn.transaction():
         # The consumer credits new invoices under this lock: holding it here means every
         # invoice is seen either by this backfill or by a batch that sees these rows.
@@ -279,7 +328,28 @@ async def import_legacy(
         )
         credits = await conn.fetch(_BACKFILL_CREDITS, referees, credit_from)
         await enqueue(conn, [credit_earned_message(out.credit_earned, c) for c in credits])
-        result = LegacyImported(file, len(rows), len(new), len(credits))
+        fresh = {r["referee_account_id"] for r in new}
+        result = LegacyImported(
+            file,
+            len(rows),
+            len(new),
+            len(credits),
+            imported=tuple(r for r in rows if r.referee_account_id in fresh),
+            credited=tuple(
+                LegacyCredit(
+                    c["invoice_id"],
+                    c["referee_account_id"],
+                    c["referrer_account_id"],
+                    c["amount_cents"],
+                    c["currency"],
+                )
+                for c in credits
+            ),
+            credit_from=credit_from,
+            dry_run=dry_run,
+        )
+        if dry_run:
+            raise _DryRunDone(result)
         await audit(
             conn,
             actor,

@@ -172,3 +172,60 @@ def referral_line(
         decided=False,
         **common,
     )
+
+
+# --- the legacy monthly-credit program (separate from the cash referrals above) ---------------
+
+
+@dataclass(frozen=True)
+class LegacyLine:
+    """A legacy referral of a referrer and the credit it has earned so far (integer cents)."""
+
+    referee_account_id: str
+    monthly_credit_cents: int
+    currency: str
+    imported_on: date  # program time zone
+    credits: int  # referral.credit.earned so far (one per paid referee invoice)
+    credited_cents: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "referee_account_id": self.referee_account_id,
+            "program": "legacy_credit",
+            "monthly_credit_cents": self.monthly_credit_cents,
+            "currency": self.currency,
+            "imported_on": self.imported_on.isoformat(),
+            "credits": self.credits,
+            "credited_cents": self.credited_cents,
+        }
+
+
+_LEGACY_OF = """
+select l.referee_account_id, l.monthly_credit_cents, l.currency, l.imported_at,
+       count(c.invoice_id) as credits, coalesce(sum(c.amount_cents), 0)::bigint as credited_cents
+from legacy_referrals l
+left join legacy_credits c
+       on c.referee_account_id = l.referee_account_id
+      and c.referrer_account_id = l.referrer_account_id
+where l.referrer_account_id = $1
+group by l.referee_account_id
+order by l.imported_at, l.referee_account_id
+"""
+
+
+async def legacy_lines(
+    conn: asyncpg.Connection | asyncpg.pool.PoolConnectionProxy, account_id: str, tz: ZoneInfo
+) -> list[LegacyLine]:
+    """The legacy referrals of ``account_id`` with their credits (empty if it has none)."""
+    rows = await conn.fetch(_LEGACY_OF, checked_account(account_id))
+    return [
+        LegacyLine(
+            r["referee_account_id"],
+            r["monthly_credit_cents"],
+            r["currency"],
+            r["imported_at"].astimezone(tz).date(),
+            r["credits"],
+            r["credited_cents"],
+        )
+        for r in rows
+    ]

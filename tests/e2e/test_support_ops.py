@@ -635,12 +635,13 @@ async def test_legacy_import_backfills_paid_invoices_once_and_is_idempotent(
     csv_file = tmp_path / "legacy.csv"
     csv_file.write_text(LEGACY + "old-referrer,old-referee,500\nold-referrer,not-seen-yet,700\n")
 
-    ran = await run_cli("legacy", "import", str(csv_file))
+    # The old system did not credit these (credits start at --credit-from).
+    ran = await run_cli("legacy", "import", str(csv_file), "--credit-from", "2026-03-01")
 
     assert ran.status == 0, ran.err
     assert ran.out.strip() == (
         f"imported {csv_file}: 2 rows, 2 new, 0 already imported; "
-        "2 credits for invoices already paid"
+        "2 credits for invoices already paid since 2026-03-01"
     )
     imported = await db.fetch(
         "select referee_account_id, referrer_account_id, monthly_credit_cents, currency, "
@@ -668,10 +669,10 @@ async def test_legacy_import_backfills_paid_invoices_once_and_is_idempotent(
         "new": 2,
         "already_imported": 0,
         "credits_backfilled": 2,
-        "credit_from": None,
+        "credit_from": "2026-03-01T00:00:00-08:00",
     }
 
-    again = await run_cli("legacy", "import", str(csv_file))
+    again = await run_cli("legacy", "import", str(csv_file), "--credit-from", "2026-03-01")
     assert again.status == 0, again.err
     assert "2 rows, 0 new, 2 already imported; 0 credits" in again.out
     assert len(await outbox(db, settings.topics.credit_earned)) == 2
@@ -704,6 +705,154 @@ async def test_legacy_import_credit_from_skips_earlier_invoices(
     assert [c["data"]["invoice_id"] for c in await outbox(db, settings.topics.credit_earned)] == [
         "after"
     ]
+
+
+async def test_legacy_import_credits_from_today_by_default(
+    settings: Settings, db: asyncpg.Connection, run_cli: Cli, tmp_path: Path
+) -> None:
+    """The old system credited every invoice before the import: none of those again."""
+    now = datetime.now(UTC)
+    today = now.astimezone(settings.tz).date()
+    start_of_today = datetime.combine(today, datetime.min.time(), tzinfo=settings.tz)
+    await feed(
+        db,
+        settings,
+        bill.subscription_created("r", "s-r", "chat", T0),
+        bill.invoice_paid("r", "s-r", "long-ago", 100, T0),
+        bill.invoice_paid("r", "s-r", "yesterday", 100, start_of_today - timedelta(minutes=1)),
+        bill.invoice_paid("r", "s-r", "today", 100, start_of_today + timedelta(minutes=1)),
+    )
+    csv_file = tmp_path / "l.csv"
+    csv_file.write_text(LEGACY + "q,r,300\n")
+
+    ran = await run_cli("legacy", "import", str(csv_file))
+
+    assert ran.status == 0, ran.err
+    assert ran.out.strip().endswith(
+        f"1 credits for invoices already paid since {today.isoformat()}"
+    ), ran.out
+    assert [c["data"]["invoice_id"] for c in await outbox(db, settings.topics.credit_earned)] == [
+        "today"
+    ]
+    [audit] = await audit_rows(db)
+    assert audit["details"]["credit_from"] == start_of_today.isoformat()
+    help_text = await run_cli("legacy", "import", "--help")
+    assert "Default: today in PROGRAM_TIMEZONE" in " ".join(help_text.out.split())
+
+
+async def test_legacy_import_dry_run_shows_rows_and_credits_and_writes_nothing(
+    settings: Settings, db: asyncpg.Connection, run_cli: Cli, tmp_path: Path
+) -> None:
+    await feed(
+        db,
+        settings,
+        bill.subscription_created("old-referee", "s-o", "chat", T0),
+        bill.invoice_paid("old-referee", "s-o", "inv-1", 4900, T0),
+        bill.invoice_paid("old-referee", "s-o", "inv-2", 4900, T0 + timedelta(days=30)),
+    )
+    csv_file = tmp_path / "legacy.csv"
+    csv_file.write_text(LEGACY + "old-referrer,old-referee,500\nold-referrer,not-seen-yet,700\n")
+    before = await db.fetchval("select count(*) from outbox")
+
+    ran = await run_cli(
+        "legacy", "import", str(csv_file), "--dry-run", "--credit-from", "2026-03-15"
+    )
+
+    assert ran.status == 0, ran.err
+    assert ran.out.strip().splitlines() == [
+        f"dry run, nothing written: would import {csv_file}: 2 rows, 2 new, 0 already "
+        "imported; 1 credits for invoices already paid since 2026-03-15",
+        "  import: referee old-referee of referrer old-referrer, $5.00 a month (line 2)",
+        "  import: referee not-seen-yet of referrer old-referrer, $7.00 a month (line 3)",
+        "  credit: invoice inv-2 of old-referee -> old-referrer $5.00",
+    ]
+    assert await db.fetchval("select count(*) from legacy_referrals") == 0
+    assert await db.fetchval("select count(*) from legacy_credits") == 0
+    assert await db.fetchval("select count(*) from outbox") == before
+    assert await audit_rows(db) == []
+
+    # The real import then does exactly that.
+    done = await run_cli("legacy", "import", str(csv_file), "--credit-from", "2026-03-15")
+    assert done.status == 0, done.err
+    assert "2 rows, 2 new, 0 already imported; 1 credits" in done.out
+    assert await db.fetchval("select count(*) from legacy_credits") == 1
+
+
+async def test_list_shows_legacy_referrals_and_their_credits_beside_cash_ones(
+    settings: Settings, db: asyncpg.Connection, run_cli: Cli, tmp_path: Path
+) -> None:
+    await feed(
+        db,
+        settings,
+        bill.subscription_created("ref-1", "s-ref", "virtual_receptionist", T0),
+        bill.subscription_created("old-referee", "s-o", "chat", T0),
+    )
+    code = await active_code(db, "ref-1")
+    await feed(
+        db,
+        settings,
+        bill.subscription_created("cash-referee", "s-c", "voice_assistant", T0, code=code),
+    )
+    csv_file = tmp_path / "legacy.csv"
+    csv_file.write_text(LEGACY + "ref-1,old-referee,500\nref-1,quiet,700\nlegacy-only,x,100\n")
+    assert (await run_cli("legacy", "import", str(csv_file))).status == 0
+    # Two invoices paid after the import, credited by the consumer.
+    later = datetime.now(UTC) + timedelta(minutes=1)
+    await feed(
+        db,
+        settings,
+        bill.invoice_paid("old-referee", "s-o", "inv-a", 4900, later),
+        bill.invoice_paid("old-referee", "s-o", "inv-b", 4900, later + timedelta(days=1)),
+    )
+
+    ran = await run_cli("list", "--referrer", "ref-1", "--format", "json")
+    assert ran.status == 0, ran.err
+    page = json.loads(ran.out)
+    assert [line["referee_account_id"] for line in page["referrals"]] == ["cash-referee"]
+    today = datetime.now(settings.tz).date().isoformat()
+    assert page["legacy"] == [
+        {
+            "referee_account_id": "old-referee",
+            "program": "legacy_credit",
+            "monthly_credit_cents": 500,
+            "currency": "USD",
+            "imported_on": today,
+            "credits": 2,
+            "credited_cents": 1000,
+        },
+        {
+            "referee_account_id": "quiet",
+            "program": "legacy_credit",
+            "monthly_credit_cents": 700,
+            "currency": "USD",
+            "imported_on": today,
+            "credits": 0,
+            "credited_cents": 0,
+        },
+    ]
+
+    table = await run_cli("list", "--referrer", "ref-1")
+    assert table.status == 0, table.err
+    text = table.out.strip().splitlines()
+    assert text[0].startswith("referrals of ref-1")
+    assert any(line.startswith("cash-referee") for line in text)
+    legacy_at = text.index("legacy referrals (monthly account credit, not cash)")
+    assert text[legacy_at + 2].split() == [
+        "REFEREE",
+        "MONTHLY_CREDIT",
+        "IMPORTED",
+        "CREDITS",
+        "CREDITED",
+    ]
+    assert text[legacy_at + 3].split() == ["old-referee", "$5.00", today, "2", "$10.00"]
+    assert text[legacy_at + 4].split() == ["quiet", "$7.00", today, "0", "$0.00"]
+    assert text[-1] == "2 legacy referrals: 2 credits, $10.00 credited in total"
+
+    # A referrer known only from the legacy file is listed too.
+    only = await run_cli("list", "--referrer", "legacy-only")
+    assert only.status == 0, only.err
+    assert only.out.startswith("no cash referrals for legacy-only")
+    assert "1 legacy referrals: 0 credits, $0.00 credited in total" in only.out
 
 
 async def test_legacy_import_is_all_or_nothing_with_line_numbers(
