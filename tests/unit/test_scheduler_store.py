@@ -69,6 +69,11 @@ async def mixed_referrals(db: asyncpg.Connection) -> None:
         E - timedelta(days=1),
     )
     await db.execute("update accounts set is_partner = true where account_id = 'seed-r20'")
+    # Flagged before eligible_on whatever today's date (the trigger stamps now()).
+    await db.execute(
+        """update accounts set partner_periods = '{["2027-01-01 00:00+00",)}'
+           where account_id = 'seed-r20'"""
+    )
     await db.execute(
         "update referrals set payee = 'override' where referee_account_id = 'seed-a51'"
     )
