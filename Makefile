@@ -13,7 +13,7 @@ LOCK := $(BIN)/uv pip compile pyproject.toml --universal --python-version 3.11 -
 LOCK_FLAGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install deps run demo test test-all bench soak lint schemas dev-up dev-down clean image lock monitoring
+.PHONY: help install deps run demo test test-all chaos test-containers bench soak lint schemas dev-up dev-down clean image lock monitoring
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -42,6 +42,14 @@ test: install deps ## run the test suite (unit, adapters, end to end on the embe
 
 test-all: install deps ## the suite plus slow soak tests
 	$(BIN)/pytest -m '' $(PYTEST_FLAGS)
+
+chaos: install deps ## fault injection: broker cut/stall storms and outages longer than make test's
+	$(BIN)/pytest -m chaos $(PYTEST_FLAGS)
+
+test-containers: install ## the end-to-end suite against Apache Kafka (KRaft) + PostgreSQL containers (needs Docker)
+	@docker info >/dev/null 2>&1 || { echo "make test-containers: no Docker engine is reachable here ('docker info' fails); nothing was tested" >&2; exit 1; }
+	$(BIN)/python -m pip install -q 'testcontainers>=4.15'
+	TEST_STACK=containers $(BIN)/pytest tests/e2e $(PYTEST_FLAGS)
 
 bench: install ## benchmarks against same-run baselines; writes bench/results.json
 	$(BIN)/python -m bench.run

@@ -13,6 +13,7 @@ import tempfile
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import pytest
@@ -89,25 +90,56 @@ def _container_stack() -> Iterator[Stack]:
     """Apache Kafka (KRaft) and PostgreSQL containers; no Docker engine is an error, not a pass."""
     try:
         import docker  # testcontainers' own client
-        from testcontainers.community.kafka import KafkaContainer
         from testcontainers.community.postgres import PostgresContainer
+        from testcontainers.core.container import DockerContainer
+        from testcontainers.core.waiting_utils import wait_for_logs
     except ImportError:
         pytest.exit("TEST_STACK=containers needs the `containers` extra (testcontainers)", 2)
     try:
         docker.from_env().ping()
     except Exception as exc:
         pytest.exit(f"TEST_STACK=containers: no Docker engine is reachable here ({exc})", 2)
-    kafka_image = os.environ.get("TEST_KAFKA_IMAGE", "confluentinc/cp-kafka:7.6.0")
-    postgres_image = os.environ.get("TEST_POSTGRES_IMAGE", "postgres:16")
+    postgres_image = os.environ.get("TEST_POSTGRES_IMAGE", "postgres:17.6-bookworm")
     with (
         PostgresContainer(postgres_image, driver=None) as postgres,
-        KafkaContainer(kafka_image).with_kraft() as kafka,
+        _apache_kafka(DockerContainer) as (kafka, bootstrap),
     ):
+        wait_for_logs(kafka, "Kafka Server started", timeout=180)
         yield Stack(
             postgres.get_connection_url(),
-            kafka.get_bootstrap_server(),
+            bootstrap,
             Path(tempfile.mkdtemp(prefix="referrals-test-")),
         )
+
+
+@contextlib.contextmanager
+def _apache_kafka(container_class: Any) -> Iterator[tuple[Any, str]]:
+    """Apache Kafka's own image, one KRaft node, listening and advertised on one host port.
+
+    (testcontainers' ``KafkaContainer`` drives Confluent's image; Apache's needs only
+    its environment.) The port is the same inside and outside, so the address the
+    broker advertises is the one clients reach.
+    """
+    port = devstack.free_port()
+    image = os.environ.get("TEST_KAFKA_IMAGE", "apache/kafka:3.9.0")
+    env = {
+        "KAFKA_NODE_ID": "1",
+        "KAFKA_PROCESS_ROLES": "broker,controller",
+        "KAFKA_LISTENERS": f"PLAINTEXT://:{port},CONTROLLER://:9093",
+        "KAFKA_ADVERTISED_LISTENERS": f"PLAINTEXT://localhost:{port}",
+        "KAFKA_CONTROLLER_LISTENER_NAMES": "CONTROLLER",
+        "KAFKA_LISTENER_SECURITY_PROTOCOL_MAP": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+        "KAFKA_CONTROLLER_QUORUM_VOTERS": "1@localhost:9093",
+        "KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR": "1",
+        "KAFKA_TRANSACTION_STATE_LOG_REPLICATION_FACTOR": "1",
+        "KAFKA_TRANSACTION_STATE_LOG_MIN_ISR": "1",
+        "KAFKA_GROUP_INITIAL_REBALANCE_DELAY_MS": "0",
+    }
+    container = container_class(image).with_bind_ports(port, port)
+    for key, value in env.items():
+        container = container.with_env(key, value)
+    with container as kafka:
+        yield kafka, f"localhost:{port}"
 
 
 def _slug(request: pytest.FixtureRequest) -> str:
@@ -191,20 +223,3 @@ async def wait_for(predicate, timeout: float = 30.0, interval: float = 0.05):  #
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {name}")
         await asyncio.sleep(interval)
-
-
-def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line(
-        "markers",
-        "chaos: longer fault-injection runs (outages, broker storms), run by `make chaos`",
-    )
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Chaos tests run only when asked for by marker (``-m chaos``), never in `make test`."""
-    if "chaos" in (config.option.markexpr or ""):
-        return
-    skip = pytest.mark.skip(reason="chaos test: run with `make chaos` (pytest -m chaos)")
-    for item in items:
-        if "chaos" in item.keywords:
-            item.add_marker(skip)
