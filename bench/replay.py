@@ -21,6 +21,7 @@ import logging
 import time
 from collections import Counter
 from typing import NamedTuple
+from zoneinfo import ZoneInfo
 
 import structlog
 from prometheus_client import CollectorRegistry
@@ -92,6 +93,7 @@ async def replay(events: int, batch: int, overlap: bool, gc_young: int) -> None:
             Outbound("code", "credit", "dlq", "https://example.test/r", "replay"),
             ConsumerMetrics(CollectorRegistry()),
             asyncio.Event(),
+            tz=ZoneInfo("America/Los_Angeles"),
         )
         to_records = _Records()
         referrers = [

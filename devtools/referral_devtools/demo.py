@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 from typing import Any, TextIO
+from zoneinfo import ZoneInfo
 
 import asyncpg
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -346,7 +347,7 @@ async def _run(
     try:
         async with _running_consumer(settings) as consumer:
             feed = Feed(pool, producer, topics, consumer, counts)
-            months = await _setup(feed, plan, progress, decided)
+            months = await _setup(feed, plan, progress, decided, settings.tz)
             scheduler = SchedulerMetrics()
             relay = OutboxRelay(pool, producer, scheduler.outbox, batch=settings.outbox_batch)
             for index, month in enumerate(months, start=1):
@@ -384,7 +385,7 @@ async def _run(
 
 
 async def _setup(
-    feed: Feed, plan: demo_data.YearPlan, progress: Progress, decided: Decided
+    feed: Feed, plan: demo_data.YearPlan, progress: Progress, decided: Decided, tz: ZoneInfo
 ) -> list[demo_data.Month]:
     """Publish the history before the year, read the referrers' codes, mark the partners;
     returns the year's months, rendered with those codes."""
@@ -400,7 +401,7 @@ async def _setup(
             referrers,
         )
         for partner in plan.partners:
-            await partners.set_partner(conn, partner, True, actor=ACTOR)
+            await partners.set_partner(conn, partner, True, actor=ACTOR, tz=tz)
     finally:
         await conn.close()
     assigned = {r["account_id"]: codes.display(r["code"]) for r in rows}

@@ -200,7 +200,9 @@ def _cmd_partner(is_partner: bool) -> Callable[[argparse.Namespace], int]:
         actor = _actor(args)
 
         async def op(conn: asyncpg.Connection, settings: Settings) -> str:
-            done = await partners.set_partner(conn, args.account, is_partner, actor=actor)
+            done = await partners.set_partner(
+                conn, args.account, is_partner, actor=actor, tz=settings.tz
+            )
             state = "a partner" if is_partner else "not a partner"
             if not done.changed:
                 return f"account {done.account_id} is already {state}; nothing changed"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from zoneinfo import ZoneInfo
 
 import asyncpg
 import asyncpg.pool
@@ -29,7 +30,7 @@ class PartnerSet:
 
 
 async def set_partner(
-    conn: asyncpg.Connection, account_id: str, is_partner: bool, *, actor: str
+    conn: asyncpg.Connection, account_id: str, is_partner: bool, *, actor: str, tz: ZoneInfo
 ) -> PartnerSet:
     """Make an account a partner (its undecided referrals become ``partner_ineligible``) or
     not (they are recomputed back). Decided referrals are history and stay as they are."""
@@ -44,7 +45,7 @@ async def set_partner(
         await conn.execute(
             "update accounts set is_partner = $2 where account_id = $1", account_id, is_partner
         )
-        changed = (await recompute_referrals(conn, [], [account_id])).total()
+        changed = (await recompute_referrals(conn, [], [account_id], tz=tz)).total()
         # Through the referrals' referrer index: payouts has none on the referrer (an index
         # there would cost every decision of a pass a write, for this rare count).
         decided = await conn.fetchval(

@@ -34,7 +34,7 @@ from referral_program.attribution import (
 )
 from referral_runtime.db import Conn
 from referral_runtime.outbox import OutboxMessage
-from referral_runtime.settings import Settings, program_zone
+from referral_runtime.settings import Settings
 
 #: Serialises batch transactions and support operations that recompute referrals.
 REFERRAL_STATE_LOCK = 0x5EF_0001
@@ -154,15 +154,14 @@ async def recompute_referrals(
     conn: Conn,
     touched: Sequence[str],
     referrers_changed: Sequence[str],
-    tz: ZoneInfo | None = None,
+    *,
+    tz: ZoneInfo,
 ) -> Counter[tuple[str, str]]:
     """Recompute the referral rows of touched referees and of referees of changed referrers.
 
-    ``tz`` is the program time zone (``eligible_on`` starts in it); ``None`` reads
-    ``PROGRAM_TIMEZONE``. Returns the (status, reason) of each row created or changed,
-    counted.
+    ``tz`` is the program time zone (``eligible_on`` starts in it). Returns the
+    (status, reason) of each row created or changed, counted.
     """
-    tz = tz or program_zone()
     changed: Counter[tuple[str, str]] = Counter()
     if not touched and not referrers_changed:
         return changed

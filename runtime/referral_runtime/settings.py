@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import os
 import ssl
 import sys
@@ -164,18 +163,6 @@ class Settings(BaseSettings):
                 "KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD"
             )
         return self
-
-
-class _ProgramZone(BaseSettings):
-    model_config = SettingsConfigDict(env_file=DEV_ENV_FILE, extra="ignore")
-
-    program_timezone: str = "America/Los_Angeles"
-
-
-@functools.cache
-def program_zone() -> ZoneInfo:
-    """``PROGRAM_TIMEZONE``, read as :class:`Settings` reads it, for code not handed the settings."""
-    return ZoneInfo(_ProgramZone().program_timezone)
 
 
 def load_settings() -> Settings:

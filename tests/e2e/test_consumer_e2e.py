@@ -49,7 +49,9 @@ async def test_referral_outcomes_for_every_rule(settings: Settings, db: asyncpg.
     async with running_consumer(settings), producer(settings) as p:
         await bill.publish(p, settings.topics, referrers.values())
         await _drain(db, 3)
-        await db.execute("update accounts set is_partner = true where account_id = 'ref-partner'")
+        await db.execute(
+            "update accounts set is_partner = true, partner_periods = '{(,)}' where account_id = 'ref-partner'"
+        )
         code_a = await _code_of(db, "ref-a")
         code_gmail = await _code_of(db, "ref-gmail")
         code_partner = await _code_of(db, "ref-partner")

@@ -103,7 +103,7 @@ async def test_later_facts_leave_a_due_payout_due_and_it_is_paid_in_the_program_
             await bill.publish(p, settings.topics, later)
             await _inbox_reaches(db, len(referrers) + len(referees) + len(later))
             # Support makes ref-partner a partner today, after eligible_on.
-            done = await partners.set_partner(db, "ref-partner", True, actor="e2e")
+            done = await partners.set_partner(db, "ref-partner", True, actor="e2e", tz=settings.tz)
             assert done.changed
 
             assert await _status(db, "late-org") == ("qualified", None)

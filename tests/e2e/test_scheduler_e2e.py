@@ -151,7 +151,7 @@ async def test_billing_to_payout_due_end_to_end(
             await _inbox_reaches(db, len(referrers) + len(referees))
             # Support's changes after attribution: a partner flag, two payees.
             await db.execute(
-                "update accounts set is_partner = true where account_id = 'ref-partner'"
+                "update accounts set is_partner = true, partner_periods = '{(,)}' where account_id = 'ref-partner'"
             )
             await db.execute(
                 "update accounts set payee = 'payee-bakery' where account_id = 'ref-b'"

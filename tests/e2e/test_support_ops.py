@@ -60,7 +60,11 @@ async def feed(db: asyncpg.Connection, settings: Settings, *events: dict[str, An
         parsed.append(result)
     async with db.transaction():
         await apply_batch(
-            db, BatchPlan.of(parsed), Outbound.from_settings(settings), secrets.randbits
+            db,
+            BatchPlan.of(parsed),
+            Outbound.from_settings(settings),
+            secrets.randbits,
+            tz=settings.tz,
         )
 
 

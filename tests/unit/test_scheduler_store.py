@@ -68,7 +68,9 @@ async def mixed_referrals(db: asyncpg.Connection) -> None:
         E - timedelta(days=10),
         E - timedelta(days=1),
     )
-    await db.execute("update accounts set is_partner = true where account_id = 'seed-r20'")
+    await db.execute(
+        "update accounts set is_partner = true, partner_periods = '{(,)}' where account_id = 'seed-r20'"
+    )
     # Flagged before eligible_on whatever today's date (the trigger stamps now()).
     await db.execute(
         """update accounts set partner_periods = '{["2027-01-01 00:00+00",)}'
@@ -157,7 +159,8 @@ async def test_a_partner_flag_counts_from_the_instant_it_was_set(
         "seed-a2": "{[2027-03-01 00:00+00,2027-04-01 06:59+00)}",  # unset just before
     }
     await db.execute(
-        "update accounts set is_partner = true where account_id = $1", referrers["seed-a0"]
+        "update accounts set is_partner = true, partner_periods = '{(,)}' where account_id = $1",
+        referrers["seed-a0"],
     )
     for referee, value in periods.items():
         await db.execute(

@@ -163,6 +163,7 @@ class ConsumerService:
             Outbound.from_settings(s),
             self.metrics,
             self.stopping,
+            tz=s.tz,
             on_health=self._set_ready,
         )
         parser = BatchParser(

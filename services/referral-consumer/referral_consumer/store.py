@@ -15,6 +15,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from zoneinfo import ZoneInfo
 
 import asyncpg
 
@@ -59,7 +60,12 @@ class BatchResult:
 
 
 async def apply_batch(
-    conn: Conn, plan: BatchPlan, out: Outbound, randbits: Callable[[int], int]
+    conn: Conn,
+    plan: BatchPlan,
+    out: Outbound,
+    randbits: Callable[[int], int],
+    *,
+    tz: ZoneInfo,
 ) -> BatchResult:
     """Apply a planned batch inside the caller's transaction; idempotent under redelivery.
 
@@ -94,7 +100,7 @@ async def apply_batch(
     ]
     touched = sorted({a for a, _ in fresh} | await _payments_that_matter(conn, new_invoices))
     referrers_changed = sorted({a for a, compared in fresh if compared})
-    result.attributions.update(await recompute_referrals(conn, touched, referrers_changed))
+    result.attributions.update(await recompute_referrals(conn, touched, referrers_changed, tz=tz))
     outbox += await _dead_letters(conn, plan.dead, out, result)
     await enqueue(conn, outbox)
     return result

@@ -7,6 +7,7 @@ import secrets
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
+from zoneinfo import ZoneInfo
 
 import asyncpg
 import structlog
@@ -46,6 +47,7 @@ class BatchWriter:
         metrics: ConsumerMetrics,
         stopping: asyncio.Event,
         *,
+        tz: ZoneInfo,
         randbits: Callable[[int], int] = secrets.randbits,
         max_backoff: float = 10.0,
         on_health: Callable[[], None] | None = None,
@@ -53,6 +55,7 @@ class BatchWriter:
         self._pool = pool
         self._topic_types = topic_types
         self._out = out
+        self._tz = tz
         self._metrics = metrics
         self._stopping = stopping
         self._randbits = randbits
@@ -129,7 +132,7 @@ class BatchWriter:
 
     async def _apply_once(self, plan: BatchPlan) -> BatchResult:
         async with self._pool.acquire() as conn, conn.transaction():
-            return await apply_batch(conn, plan, self._out, self._randbits)
+            return await apply_batch(conn, plan, self._out, self._randbits, tz=self._tz)
 
     def _observe(self, result: BatchResult, size: int, seconds: float) -> None:
         m = self._metrics
