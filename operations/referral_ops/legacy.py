@@ -20,7 +20,7 @@ from referral_ops.support import (
 )
 from referral_runtime.outbox import enqueue
 from referral_runtime.referral_state import (
-    REFERRAL_STATE_LOCK,
+    LEGACY_IMPORT_LOCK,
     Outbound,
     credit_earned_message,
 )
@@ -289,9 +289,8 @@ async def _import(
     dry_run: bool,
 ) -> LegacyImported:
     async with conn.transaction():
-        # The consumer credits new invoices under this lock: holding it here means every
-        # invoice is seen either by this backfill or by a batch that sees these rows.
-        await conn.execute("select pg_advisory_xact_lock($1)", REFERRAL_STATE_LOCK)
+        # See LEGACY_IMPORT_LOCK: no invoice is credited twice or missed.
+        await conn.execute("select pg_advisory_xact_lock($1)", LEGACY_IMPORT_LOCK)
         existing = {
             r["referee_account_id"]: r
             for r in await conn.fetch(

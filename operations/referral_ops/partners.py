@@ -15,7 +15,6 @@ from referral_ops.support import (
     lock_account,
 )
 from referral_runtime.referral_state import (
-    REFERRAL_STATE_LOCK,
     recompute_referrals,
 )
 
@@ -37,8 +36,8 @@ async def set_partner(
     account_id = checked_account(account_id)
     actor = checked_actor(actor)
     async with conn.transaction():
-        # Recomputing reads other accounts' facts; serialise with the consumer's batches.
-        await conn.execute("select pg_advisory_xact_lock($1)", REFERRAL_STATE_LOCK)
+        # FOR UPDATE: every batch that recomputes a referee of this account holds it
+        # FOR KEY SHARE, so they wait for this change and it for them (referral_state).
         account = await lock_account(conn, account_id)
         if account["is_partner"] == is_partner:
             return PartnerSet(account_id, is_partner, changed=False)

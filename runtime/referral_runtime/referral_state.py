@@ -2,15 +2,33 @@
 
 Written by the consumer's batches and by support's operations (a partner flag,
 a payee, a revoked code change what a referral is), so both recompute it
-through :func:`recompute_referrals` under :data:`REFERRAL_STATE_LOCK`, and
-announce codes and credits with the same messages.
+through :func:`recompute_referrals`, and announce codes and credits with the
+same messages.
+
+Concurrency is by account, not by table. A referee's referral is a function of
+its own facts and of its referrer's subscriptions and partner flag, so every
+transaction takes row locks on ``accounts`` first (:func:`lock_accounts`):
+
+- ``FOR NO KEY UPDATE`` on each account whose facts or referral row it writes;
+- ``FOR UPDATE`` on each account whose facts its referees' eligibility compares
+  and that it changes (a referrer's new subscription, a partner flag): it then
+  recomputes those referees;
+- ``FOR KEY SHARE`` on the referrers whose facts its recomputations read.
+
+``KEY SHARE`` conflicts only with ``UPDATE``: referees of one referrer are
+written at the same time, and a referrer's own invoices wait for nobody; a
+change to what referees read of their referrer waits for them and they for it.
+Each mode is taken in ``account_id`` order, so transactions never wait on each
+other in a cycle except through a referral cycle (A refers B refers A) met by
+two transactions at once, which Postgres's deadlock detector breaks (the
+batch is retried).
 """
 
 from __future__ import annotations
 
 import uuid
 from collections import Counter, defaultdict
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
@@ -36,9 +54,59 @@ from referral_runtime.db import Conn
 from referral_runtime.outbox import OutboxMessage
 from referral_runtime.settings import Settings
 
-#: Serialises batch transactions and support operations that recompute referrals.
-REFERRAL_STATE_LOCK = 0x5EF_0001
 EVENT_NAMESPACE = uuid.UUID("a7d3c1e2-4b5f-4e8a-9d0c-1f2e3d4c5b6a")
+
+
+#: Consumer batches hold this advisory lock shared and a legacy import exclusively, so
+#: every invoice is credited either by the import's backfill or by a batch that sees
+#: the imported referrals (the referee may have no accounts row to lock yet).
+LEGACY_IMPORT_LOCK = 0x5EF_0001
+
+_LOCK_ACCOUNTS = """
+select a.account_id
+from unnest($1::text[]) as w(account_id) join accounts a using (account_id)
+order by a.account_id
+for {mode} of a
+"""
+_LOCK_MODES = frozenset({"update", "no key update", "key share"})
+
+_REFERRERS = """
+select s.referrer_account_id as account_id
+from unnest($1::text[]) as w(account_id) join subscriptions s using (account_id)
+where s.referrer_account_id is not null
+union
+select c.account_id
+from unnest($2::text[]) as x(code) join referral_codes c using (code)
+where c.status <> 'revoked'
+"""
+
+
+async def lock_accounts(conn: Conn, accounts: Collection[str], mode: str) -> None:
+    """Row-lock the ``accounts`` rows of ``accounts`` in ``mode`` (see the module docstring)."""
+    if mode not in _LOCK_MODES:
+        raise ValueError(f"unknown lock mode {mode!r}")
+    if accounts:
+        await conn.execute(_LOCK_ACCOUNTS.format(mode=mode), sorted(accounts))
+
+
+async def lock_for_writing(
+    conn: Conn, written: Collection[str], compared: Collection[str], codes_used: Sequence[str]
+) -> None:
+    """Take every lock a transaction needs that writes the facts of ``written``.
+
+    ``compared``: those of ``written`` whose facts their referees compare (their
+    referees are recomputed); ``codes_used``: codes (normal form) the new
+    subscriptions carry, whose owners become referrers. The accounts rows must
+    exist. Referrers are read after the written accounts are locked, so no other
+    transaction can change who they are meanwhile.
+    """
+    await conn.execute("select pg_advisory_xact_lock_shared($1)", LEGACY_IMPORT_LOCK)
+    await lock_accounts(conn, compared, "update")
+    await lock_accounts(conn, set(written) - set(compared), "no key update")
+    referrers = {
+        r["account_id"] for r in await conn.fetch(_REFERRERS, list(written), list(codes_used))
+    }
+    await lock_accounts(conn, referrers - set(written), "key share")
 
 
 @dataclass(frozen=True)

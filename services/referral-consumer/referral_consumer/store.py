@@ -3,9 +3,9 @@
 Every statement is set-based (arrays + ``unnest``), so a batch of thousands of
 events costs about a dozen round trips; the arrays come ready-made from the
 batch's :class:`~referral_consumer.plan.BatchPlan`. A transaction-scoped advisory lock
-(``referral_state.REFERRAL_STATE_LOCK``) serialises batch transactions across
-consumer replicas: referral state reads other accounts' facts, and two
-concurrent recomputations could otherwise each miss the other's uncommitted facts.
+Row locks on the accounts the batch touches (``referral_state.lock_for_writing``)
+order it against any transaction that writes the same accounts or what their
+referrals read; batches of disjoint accounts run at the same time.
 """
 
 from __future__ import annotations
@@ -32,10 +32,10 @@ from referral_program import codes
 from referral_runtime.db import Conn
 from referral_runtime.outbox import OutboxMessage, enqueue
 from referral_runtime.referral_state import (
-    REFERRAL_STATE_LOCK,
     Outbound,
     code_assigned_message,
     credit_earned_message,
+    lock_for_writing,
     recompute_referrals,
 )
 
@@ -76,10 +76,16 @@ async def apply_batch(
     """
     result = BatchResult()
     outbox: list[OutboxMessage] = []
-    await conn.execute("select pg_advisory_xact_lock($1)", REFERRAL_STATE_LOCK)
-
+    new_accounts = await _insert_accounts(conn, plan)
+    created = plan.created
+    await lock_for_writing(
+        conn,
+        plan.accounts,
+        {a for a, compared in zip(created.account_id, created.compared, strict=True) if compared},
+        [c for c in created.referral_code if c is not None],
+    )
     claimed = await _claim_inbox(conn, plan, result)
-    outbox += await _assign_codes(conn, sorted(plan.accounts), out, randbits, result)
+    outbox += await _assign_codes(conn, new_accounts, out, randbits, result)
     await _insert_subscriptions(conn, plan, result)
     new_invoices = await _insert_invoices(conn, plan)
     new_cancellations = (
@@ -90,7 +96,6 @@ async def apply_batch(
         if p.foreign_currency:
             result.foreign_currency[p.foreign_currency] += 1
     outbox += await _legacy_credits(conn, new_invoices, out, result)
-    created = plan.created
     fresh = [
         (account, compared)
         for account, event_id, compared in zip(
@@ -130,22 +135,26 @@ async def _claim_inbox(conn: Conn, plan: BatchPlan, result: BatchResult) -> set[
     return claimed
 
 
+async def _insert_accounts(conn: Conn, plan: BatchPlan) -> list[str]:
+    """Insert the batch's accounts not seen before (in order, so inserters never deadlock)."""
+    if not plan.accounts:
+        return []
+    rows = await conn.fetch(
+        """insert into accounts (account_id) select unnest($1::text[])
+           on conflict do nothing returning account_id""",
+        sorted(plan.accounts),
+    )
+    return [r["account_id"] for r in rows]
+
+
 async def _assign_codes(
     conn: Conn,
-    accounts: list[str],
+    pending: list[str],
     out: Outbound,
     randbits: Callable[[int], int],
     result: BatchResult,
 ) -> list[OutboxMessage]:
     """Give every account seen for the first time an active code, announced via the outbox."""
-    if not accounts:
-        return []
-    rows = await conn.fetch(
-        """insert into accounts (account_id) select unnest($1::text[])
-           on conflict do nothing returning account_id""",
-        accounts,
-    )
-    pending = [r["account_id"] for r in rows]
     assigned: dict[str, str] = {}
     while pending:  # a 40-bit collision is rare; retry just the colliding accounts
         proposal = {account: codes.generate(randbits) for account in pending}

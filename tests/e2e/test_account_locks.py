@@ -1,0 +1,198 @@
+"""Concurrency by account: batches on disjoint accounts overlap, a referee and its referrer never interleave.
+
+Two real transactions on the real Postgres, the first held open: what the second
+does meanwhile shows which locks the batch takes (``referral_state.lock_for_writing``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import secrets
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+import pytest
+
+from referral_consumer.ingest import Parsed, parse_record
+from referral_consumer.plan import BatchPlan
+from referral_consumer.store import apply_batch
+from referral_devtools import synthetic as bill
+from referral_runtime.db import connect
+from referral_runtime.referral_state import Outbound
+from referral_runtime.settings import Settings
+
+T0 = datetime(2027, 1, 4, 17, 0, tzinfo=UTC)
+_offsets = itertools.count()
+#: Long enough that a transaction that does not wait finishes well within it.
+BLOCKED_FOR = 1.5
+
+
+@dataclass(frozen=True)
+class _Record:
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+
+
+def _plan(settings: Settings, *events: dict[str, Any]) -> BatchPlan:
+    parsed = []
+    for event in events:
+        record = _Record(
+            bill.topic_for(settings.topics, event),
+            0,
+            next(_offsets),
+            event["data"]["account_id"].encode(),
+            json.dumps(event).encode(),
+        )
+        result = parse_record(record, settings.topics.billing, settings.max_message_bytes)
+        assert isinstance(result, Parsed), result
+        parsed.append(result)
+    return BatchPlan.of(parsed)
+
+
+@pytest.fixture
+async def second(database_url: str) -> AsyncIterator[asyncpg.Connection]:
+    conn = await connect(database_url)
+    yield conn
+    await conn.close()
+
+
+async def _apply(conn: asyncpg.Connection, settings: Settings, plan: BatchPlan) -> None:
+    async with conn.transaction():
+        await apply_batch(conn, plan, Outbound.from_settings(settings), secrets.randbits)
+
+
+async def _code(db: asyncpg.Connection, account: str) -> str:
+    return str(
+        await db.fetchval(
+            "select code from referral_codes where account_id = $1 and status = 'active'", account
+        )
+    )
+
+
+async def _referrers(db: asyncpg.Connection, settings: Settings, *accounts: str) -> dict[str, str]:
+    await _apply(
+        db,
+        settings,
+        _plan(
+            settings,
+            *(
+                bill.subscription_created(a, f"{a}-s", "virtual_receptionist", T0)
+                for a in accounts
+            ),
+        ),
+    )
+    return {a: await _code(db, a) for a in accounts}
+
+
+async def _status(db: asyncpg.Connection, referee: str) -> tuple[str, str | None]:
+    row = await db.fetchrow(
+        "select status, reason from referrals where referee_account_id = $1", referee
+    )
+    assert row is not None, f"{referee} was not referred"
+    return row["status"], row["reason"]
+
+
+async def test_a_referee_batch_waits_for_a_batch_changing_its_referrer_and_sees_its_facts(
+    settings: Settings, db: asyncpg.Connection, second: asyncpg.Connection
+) -> None:
+    codes = await _referrers(db, settings, "ref-p")
+    later = T0 + timedelta(days=3)
+    referrer_change = _plan(
+        settings,
+        bill.subscription_created(
+            "ref-p", "ref-p-s2", "chat", later, organization_id="org-shared"
+        ),
+    )
+    referee_signup = _plan(
+        settings,
+        bill.subscription_created(
+            "referee-r",
+            "referee-r-s",
+            "virtual_receptionist",
+            later,
+            code=codes["ref-p"],
+            organization_id="org-shared",
+        ),
+        bill.invoice_paid("referee-r", "referee-r-s", "inv-r-1", 9900, later),
+    )
+
+    holder = db.transaction()
+    await holder.start()
+    await apply_batch(db, referrer_change, Outbound.from_settings(settings), secrets.randbits)
+    waiting = asyncio.create_task(_apply(second, settings, referee_signup))
+    await asyncio.sleep(BLOCKED_FOR)
+    assert not waiting.done(), "the referee's batch ran while its referrer was being changed"
+    await holder.commit()
+    await asyncio.wait_for(waiting, 30)
+
+    # Interleaved, each would have missed the other's uncommitted subscription.
+    assert await _status(db, "referee-r") == ("ineligible", "same_organization")
+
+
+async def test_a_referrer_change_waits_for_a_batch_recomputing_its_referee(
+    settings: Settings, db: asyncpg.Connection, second: asyncpg.Connection
+) -> None:
+    codes = await _referrers(db, settings, "ref-p")
+    later = T0 + timedelta(days=3)
+    referee_signup = _plan(
+        settings,
+        bill.subscription_created(
+            "referee-r",
+            "referee-r-s",
+            "virtual_receptionist",
+            later,
+            code=codes["ref-p"],
+            email="owner@acme.test",
+        ),
+    )
+    referrer_change = _plan(
+        settings,
+        bill.subscription_created("ref-p", "ref-p-s2", "chat", later, email="boss@acme.test"),
+    )
+
+    holder = db.transaction()
+    await holder.start()
+    await apply_batch(db, referee_signup, Outbound.from_settings(settings), secrets.randbits)
+    waiting = asyncio.create_task(_apply(second, settings, referrer_change))
+    await asyncio.sleep(BLOCKED_FOR)
+    assert not waiting.done(), "the referrer changed while its referee was being recomputed"
+    await holder.commit()
+    await asyncio.wait_for(waiting, 30)
+
+    assert await _status(db, "referee-r") == ("ineligible", "same_email_domain")
+
+
+async def test_batches_of_disjoint_accounts_and_referees_of_one_referrer_run_at_once(
+    settings: Settings, db: asyncpg.Connection, second: asyncpg.Connection
+) -> None:
+    codes = await _referrers(db, settings, "ref-p")
+    later = T0 + timedelta(days=3)
+
+    def signup(referee: str) -> BatchPlan:
+        return _plan(
+            settings,
+            bill.subscription_created(
+                referee, f"{referee}-s", "virtual_receptionist", later, code=codes["ref-p"]
+            ),
+            bill.invoice_paid(referee, f"{referee}-s", f"{referee}-i", 9900, later),
+        )
+
+    holder = db.transaction()
+    await holder.start()
+    await apply_batch(db, signup("referee-a"), Outbound.from_settings(settings), secrets.randbits)
+    # Another referee of the same referrer, and the referrer's own invoice: neither waits.
+    await asyncio.wait_for(_apply(second, settings, signup("referee-b")), BLOCKED_FOR)
+    own_invoice = _plan(settings, bill.invoice_paid("ref-p", "ref-p-s", "inv-p-1", 9900, later))
+    await asyncio.wait_for(_apply(second, settings, own_invoice), BLOCKED_FOR)
+    await holder.commit()
+
+    assert await _status(db, "referee-a") == ("qualified", None)
+    assert await _status(db, "referee-b") == ("qualified", None)
