@@ -3,7 +3,8 @@
 One configuration (database, topics, group): the consumer assigns the referrers'
 codes, is stopped, the mixed stream is published as a backlog, then each reader
 drains it in turn: raw ``getmany``, the raw batched writer (its own database on the
-same server), and the consumer as its real service process. The naive FastStream
+same server), the consumer as its real service process, and two consumer processes
+in one group (on a copy of the bootstrapped database, a group of their own). The naive FastStream
 baseline gets the first ``naive`` messages of the same stream on topics of its own.
 
 Every drain is timed the same way from outside: the group's committed offsets are
@@ -19,6 +20,7 @@ import asyncio
 import json
 import subprocess
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +33,7 @@ from bench.stack import (
     ConsumerProcess,
     CpuMeter,
     Drain,
+    LockWaits,
     Published,
     Stack,
     db,
@@ -74,6 +77,12 @@ async def run(
     codes = await bootstrap_codes(stack, config, consumer, referrers, published)
     idle_rss = consumer.rss()
     await consumer.stop()
+    pair_config = replace(
+        config,
+        name=f"{config.name}_x2",
+        database_url=await _clone(stack, config.name, f"{config.name}_x2"),
+        group=f"{config.name}-x2-group",
+    )
     start = published.offsets()
 
     t = time.perf_counter()
@@ -133,7 +142,10 @@ async def run(
             consumer.pid, profile, stack.server_uri, config.name
         ) as activity:
             meter = CpuMeter(stack, consumer=consumer.pid).start()
-            async with CommitWatcher(stack, config.group, end) as watcher:
+            async with (
+                LockWaits(stack, config.name) as waits,
+                CommitWatcher(stack, config.group, end) as watcher,
+            ):
                 drain = await watch_drain(
                     watcher, start, end, consumer.spawned_at, alive=consumer.alive
                 )
@@ -148,6 +160,16 @@ async def run(
     observed = await verify(config, stream.expected, referrers)
     log(f"  consumer: {drain.rate:,.0f} msg/s (state verified)")
 
+    # 3b. two replicas in one group: what a second process adds
+    pair = await _drain_pair(stack, pair_config, start, end, extra_env)
+    pair["observed"] = await verify(pair_config, stream.expected, referrers)
+    await _drop_database(stack, pair_config.name)
+    log(
+        f"  consumer x2: {pair['events_per_s']:,.0f} msg/s = "
+        f"{pair['events_per_s'] / drain.rate:.2f} x one replica; lock waits "
+        f"{pair['lock_waits']['ms_per_batch']:.1f} ms per batch (state verified)"
+    )
+
     # 4. the naive baseline on the first messages of the same stream
     naive = await _naive(stack, stream, naive_messages)
     log(f"  naive FastStream: {naive['drain']['events_per_s']:,.0f} msg/s")
@@ -158,7 +180,12 @@ async def run(
         "generate_s": round(gen_s, 2),
         "publish_s": round(pub_s, 2),
         "raw_read": {k: round(v, 3) if isinstance(v, float) else v for k, v in read.items()},
-        "raw_write": {**raw_drain.as_dict(), "internal": write, "cpu": raw_cpu},
+        "raw_write": {
+            **raw_drain.as_dict(),
+            "internal": write,
+            "cpu": raw_cpu,
+            "cpu_us_per_event": _cpu_per_event(raw_cpu, raw_drain.events),
+        },
         "consumer": {
             **drain.as_dict(),
             "ready_s": round(ready_s, 2),
@@ -167,9 +194,12 @@ async def run(
             "peak_rss_mb": round((peak_rss if isinstance(peak_rss, int) else 0) / 2**20, 1),
             "observed": observed,
             "cpu": cpu,
+            "cpu_us_per_event": _cpu_per_event(cpu, drain.events),
+            "lock_waits": waits.summary(_batch_count(batches)),
             "batches": batches,
             "progress": _downsample(drain),
         },
+        "consumer_x2": pair,
         "naive": naive,
     }
     if profile is not None:
@@ -181,6 +211,73 @@ async def run(
         }
     await drop_config(stack, config)
     return result
+
+
+async def _drain_pair(
+    stack: Stack,
+    config: Config,
+    start: dict[Any, int],
+    end: dict[Any, int],
+    extra_env: dict[str, str],
+) -> dict[str, Any]:
+    """Two consumer processes in one group drain the backlog together."""
+    pair = [ConsumerProcess(stack, config, extra_env).start() for _ in range(2)]
+    try:
+        meter = CpuMeter(stack, consumer_a=pair[0].pid, consumer_b=pair[1].pid).start()
+        async with (
+            LockWaits(stack, config.name) as waits,
+            CommitWatcher(stack, config.group, end) as watcher,
+        ):
+            drain = await watch_drain(
+                watcher,
+                start,
+                end,
+                min(p.spawned_at for p in pair),
+                alive=lambda: all(p.alive() for p in pair),
+            )
+        cpu = meter.stop()
+    except BenchFailure as exc:
+        tails = "\n".join(p.tail() for p in pair)
+        raise BenchFailure(f"{exc}; consumer logs:\n{tails}") from exc
+    batches = [await p.metrics() for p in pair]
+    exit_codes = [await p.stop() for p in pair]
+    cpu["cpu_s"]["consumer"] = round(cpu["cpu_s"]["consumer_a"] + cpu["cpu_s"]["consumer_b"], 2)
+    return {
+        **drain.as_dict(),
+        "replicas": 2,
+        "exit_codes": exit_codes,
+        "cpu": cpu,
+        "cpu_us_per_event": _cpu_per_event(cpu, drain.events),
+        "lock_waits": waits.summary(sum(_batch_count(b) for b in batches)),
+        "batches": batches,
+    }
+
+
+def _batch_count(metrics: dict[str, Any]) -> int:
+    sizes = metrics.get("referrals_consumer_batch_size") or {}
+    return int(sizes.get("count") or 0)
+
+
+def _cpu_per_event(cpu: dict[str, Any], events: int) -> dict[str, float]:
+    """CPU microseconds per event of each process tree the meter watched."""
+    if not events:
+        return {}
+    return {k: round(v * 1e6 / events, 1) for k, v in cpu["cpu_s"].items()}
+
+
+async def _clone(stack: Stack, template: str, name: str) -> str:
+    """A copy of database ``template`` (no one may be connected to it meanwhile)."""
+    from referral_devtools import devstack
+
+    async with db(stack.server_uri) as conn:
+        await conn.execute(f'drop database if exists "{name}" with (force)')
+        await conn.execute(f'create database "{name}" template "{template}"')
+    return devstack.database_url(stack.server_uri, name)
+
+
+async def _drop_database(stack: Stack, name: str) -> None:
+    async with db(stack.server_uri) as conn:
+        await conn.execute(f'drop database if exists "{name}" with (force)')
 
 
 async def _peak_rss(consumer: ConsumerProcess) -> int:

@@ -573,6 +573,67 @@ class CpuMeter:
         }
 
 
+class LockWaits:
+    """Samples how many backends of one database wait on a lock (``pg_stat_activity``).
+
+    ``Lock`` waits are heavyweight ones: rows and advisory locks, what one batch
+    transaction can make another wait for. The integral over the samples is the
+    time backends spent waiting, summed over backends.
+    """
+
+    INTERVAL = 0.01
+
+    def __init__(self, stack: Stack, database: str) -> None:
+        self._uri = stack.server_uri
+        self._database = database
+        self._task: asyncio.Task[None] | None = None
+        self.samples = 0
+        self.waiting_samples = 0
+        self.wait_s = 0.0
+        self.max_waiting = 0
+
+    async def __aenter__(self) -> LockWaits:
+        conn = await asyncpg.connect(self._uri)
+        self._task = asyncio.create_task(self._sample(conn))
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._task is not None
+        self._task.cancel()
+        await asyncio.gather(self._task, return_exceptions=True)
+
+    async def _sample(self, conn: asyncpg.Connection) -> None:
+        try:
+            last = time.monotonic()
+            while True:
+                waiting = await conn.fetchval(
+                    """select count(*) from pg_stat_activity
+                       where datname = $1 and wait_event_type = 'Lock'""",
+                    self._database,
+                )
+                now = time.monotonic()
+                self.samples += 1
+                self.waiting_samples += bool(waiting)
+                self.wait_s += waiting * (now - last)
+                self.max_waiting = max(self.max_waiting, waiting)
+                last = now
+                await asyncio.sleep(self.INTERVAL)
+        finally:
+            await conn.close()
+
+    def summary(self, batches: int) -> dict[str, Any]:
+        return {
+            "samples": self.samples,
+            "share_of_samples_waiting": round(self.waiting_samples / self.samples, 3)
+            if self.samples
+            else None,
+            "max_backends_waiting": self.max_waiting,
+            "wait_s": round(self.wait_s, 3),
+            "batches": batches,
+            "ms_per_batch": round(self.wait_s * 1000 / batches, 2) if batches else 0.0,
+        }
+
+
 @contextlib.asynccontextmanager
 async def db(url: str) -> AsyncIterator[asyncpg.Connection]:
     conn = await asyncpg.connect(url)
