@@ -66,7 +66,9 @@ async def second(database_url: str) -> AsyncIterator[asyncpg.Connection]:
 
 async def _apply(conn: asyncpg.Connection, settings: Settings, plan: BatchPlan) -> None:
     async with conn.transaction():
-        await apply_batch(conn, plan, Outbound.from_settings(settings), secrets.randbits)
+        await apply_batch(
+            conn, plan, Outbound.from_settings(settings), secrets.randbits, tz=settings.tz
+        )
 
 
 async def _code(db: asyncpg.Connection, account: str) -> str:
@@ -83,10 +85,7 @@ async def _referrers(db: asyncpg.Connection, settings: Settings, *accounts: str)
         settings,
         _plan(
             settings,
-            *(
-                bill.subscription_created(a, f"{a}-s", "virtual_receptionist", T0)
-                for a in accounts
-            ),
+            *(bill.subscription_created(a, f"{a}-s", "virtual_receptionist", T0) for a in accounts),
         ),
     )
     return {a: await _code(db, a) for a in accounts}
@@ -107,9 +106,7 @@ async def test_a_referee_batch_waits_for_a_batch_changing_its_referrer_and_sees_
     later = T0 + timedelta(days=3)
     referrer_change = _plan(
         settings,
-        bill.subscription_created(
-            "ref-p", "ref-p-s2", "chat", later, organization_id="org-shared"
-        ),
+        bill.subscription_created("ref-p", "ref-p-s2", "chat", later, organization_id="org-shared"),
     )
     referee_signup = _plan(
         settings,
@@ -126,7 +123,9 @@ async def test_a_referee_batch_waits_for_a_batch_changing_its_referrer_and_sees_
 
     holder = db.transaction()
     await holder.start()
-    await apply_batch(db, referrer_change, Outbound.from_settings(settings), secrets.randbits)
+    await apply_batch(
+        db, referrer_change, Outbound.from_settings(settings), secrets.randbits, tz=settings.tz
+    )
     waiting = asyncio.create_task(_apply(second, settings, referee_signup))
     await asyncio.sleep(BLOCKED_FOR)
     assert not waiting.done(), "the referee's batch ran while its referrer was being changed"
@@ -160,7 +159,9 @@ async def test_a_referrer_change_waits_for_a_batch_recomputing_its_referee(
 
     holder = db.transaction()
     await holder.start()
-    await apply_batch(db, referee_signup, Outbound.from_settings(settings), secrets.randbits)
+    await apply_batch(
+        db, referee_signup, Outbound.from_settings(settings), secrets.randbits, tz=settings.tz
+    )
     waiting = asyncio.create_task(_apply(second, settings, referrer_change))
     await asyncio.sleep(BLOCKED_FOR)
     assert not waiting.done(), "the referrer changed while its referee was being recomputed"
@@ -187,7 +188,9 @@ async def test_batches_of_disjoint_accounts_and_referees_of_one_referrer_run_at_
 
     holder = db.transaction()
     await holder.start()
-    await apply_batch(db, signup("referee-a"), Outbound.from_settings(settings), secrets.randbits)
+    await apply_batch(
+        db, signup("referee-a"), Outbound.from_settings(settings), secrets.randbits, tz=settings.tz
+    )
     # Another referee of the same referrer, and the referrer's own invoice: neither waits.
     await asyncio.wait_for(_apply(second, settings, signup("referee-b")), BLOCKED_FOR)
     own_invoice = _plan(settings, bill.invoice_paid("ref-p", "ref-p-s", "inv-p-1", 9900, later))
