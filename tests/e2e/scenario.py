@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 import random
+import uuid
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import asyncpg
+
+from referral_devtools import devstack
 from referral_devtools import synthetic as bill
+from referral_program import codes
+from referral_runtime.db import connect
+from referral_runtime.settings import Settings
+from tests.conftest import wait_for
+from tests.e2e.harness import producer, running_consumer
 
 T0 = datetime(2027, 1, 4, 16, tzinfo=UTC)
 FAMILIES = ["virtual_receptionist", "voice_assistant", "chat", "outreach_campaign"]
@@ -89,3 +98,62 @@ STATE_QUERIES = {
 async def state_of(conn: Any) -> dict[str, list[tuple[Any, ...]]]:
     """The observable state, minus what is random per run (codes) or timing (updated_at)."""
     return {name: [tuple(r) for r in await conn.fetch(q)] for name, q in STATE_QUERIES.items()}
+
+
+# -- the stream through the real broker, and a reference run of it -------------------------
+
+REFERRERS = 50
+REFEREES = 4000  # ~ 20k events
+
+
+async def _referrer_codes(conn: asyncpg.Connection) -> dict[str, str]:
+    rows = await conn.fetch("select account_id, code from referral_codes where status = 'active'")
+    return {
+        r["account_id"]: codes.display(r["code"]) for r in rows if r["account_id"].startswith("R")
+    }
+
+
+async def inbox_count(conn: asyncpg.Connection) -> int:
+    return int(await conn.fetchval("select count(*) from inbox"))
+
+
+async def published_stream(settings: Settings, conn: asyncpg.Connection) -> int:
+    """Referrers first (to learn their codes), then the referee stream; returns the event count."""
+    async with producer(settings) as p:
+        await bill.publish(p, settings.topics, referrer_events(REFERRERS))
+        async with running_consumer(settings):
+            await wait_for(at_least(conn, REFERRERS), timeout=60)
+        events = referee_events(7, REFEREES, await _referrer_codes(conn))
+        await bill.publish(p, settings.topics, events)
+    return REFERRERS + len({e["event_id"] for e in events})
+
+
+def at_least(conn: asyncpg.Connection, n: int):  # type: ignore[no-untyped-def]
+    async def check() -> bool:
+        return await inbox_count(conn) >= n
+
+    return check
+
+
+async def reference_state(stack: Any, settings: Any) -> dict[str, list[tuple[Any, ...]]]:
+    """The state the stream leaves when one consumer reads it without interruption, in a
+    database, topics and group of its own (the same logical events as ``settings``' run)."""
+    ref_url = await devstack.create_database(stack.server_uri, f"ref{uuid.uuid4().hex[:8]}")
+    ref_topics = settings.topics.model_copy(
+        update={f: f"ref-{getattr(settings.topics, f)}" for f in type(settings.topics).model_fields}
+    )
+    await devstack.create_topics(stack.bootstrap, ref_topics.all, partitions=4)
+    ref_settings = settings.model_copy(
+        update={
+            "database_url": ref_url,
+            "topics": ref_topics,
+            "consumer_group": settings.consumer_group + "-ref",
+        }
+    )
+    ref_conn = await connect(ref_url)
+    total = await published_stream(ref_settings, ref_conn)
+    async with running_consumer(ref_settings):
+        await wait_for(at_least(ref_conn, total), timeout=120)
+    expected = await state_of(ref_conn)
+    await ref_conn.close()
+    return expected

@@ -5,95 +5,46 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
-import uuid
 from collections import Counter
 from pathlib import Path
 
 import asyncpg
 
 from referral_devtools import devstack
-from referral_devtools import synthetic as bill
-from referral_program import codes
-from referral_runtime.db import connect
 from referral_runtime.settings import Settings
 from tests.conftest import Stack, wait_for
-from tests.e2e.harness import producer, read_topic, running_consumer, spawn, terminate
-from tests.e2e.scenario import referee_events, referrer_events, state_of
-
-REFERRERS = 50
-REFEREES = 4000  # ~ 20k events
-
-
-async def _codes(conn: asyncpg.Connection) -> dict[str, str]:
-    rows = await conn.fetch("select account_id, code from referral_codes where status = 'active'")
-    return {
-        r["account_id"]: codes.display(r["code"]) for r in rows if r["account_id"].startswith("R")
-    }
-
-
-async def _inbox(conn: asyncpg.Connection) -> int:
-    return int(await conn.fetchval("select count(*) from inbox"))
-
-
-async def _published_stream(settings: Settings, conn: asyncpg.Connection) -> int:
-    """Referrers first (to learn their codes), then the referee stream; returns the event count."""
-    async with producer(settings) as p:
-        await bill.publish(p, settings.topics, referrer_events(REFERRERS))
-        async with running_consumer(settings):
-            await wait_for(_at_least(conn, REFERRERS), timeout=60)
-        events = referee_events(7, REFEREES, await _codes(conn))
-        await bill.publish(p, settings.topics, events)
-    return REFERRERS + len({e["event_id"] for e in events})
-
-
-def _at_least(conn: asyncpg.Connection, n: int):  # type: ignore[no-untyped-def]
-    async def check() -> bool:
-        return await _inbox(conn) >= n
-
-    return check
+from tests.e2e.harness import read_topic, spawn, terminate
+from tests.e2e.scenario import (
+    REFERRERS,
+    at_least,
+    inbox_count,
+    published_stream,
+    reference_state,
+    state_of,
+)
 
 
 async def test_sigkill_mid_stream_matches_a_clean_run(
     stack: Stack, settings: Settings, db: asyncpg.Connection, tmp_path: Path
 ) -> None:
-    # Reference: the same logical events, consumed without interruption, in its own database
-    # and topics.
-    ref_url = await devstack.create_database(stack.server_uri, f"ref{uuid.uuid4().hex[:8]}")
-    ref_topics = settings.topics.model_copy(
-        update={f: f"ref-{getattr(settings.topics, f)}" for f in type(settings.topics).model_fields}
-    )
-    await devstack.create_topics(stack.bootstrap, ref_topics.all, partitions=4)
-    ref_settings = settings.model_copy(
-        update={
-            "database_url": ref_url,
-            "topics": ref_topics,
-            "consumer_group": settings.consumer_group + "-ref",
-        }
-    )
-    ref_conn = await connect(ref_url)
-    total = await _published_stream(ref_settings, ref_conn)
-    async with running_consumer(ref_settings):
-        await wait_for(_at_least(ref_conn, total), timeout=120)
-    expected = await state_of(ref_conn)
-    await ref_conn.close()
+    expected = await reference_state(stack, settings)
 
     # Crash run: referrers applied, then the stream is consumed by a real process that we kill.
     log = tmp_path / "consumer.log"
-    total_crash = await _published_stream(settings, db)
-    assert total_crash == total
+    total = await published_stream(settings, db)
     env = {"CONSUMER_MAX_BATCH": "300"}
     first = spawn(["referral-consumer"], settings, log, **env)
-    await wait_for(_at_least(db, REFERRERS + total // 4), timeout=60, interval=0.01)
+    await wait_for(at_least(db, REFERRERS + total // 4), timeout=60, interval=0.01)
     first.send_signal(signal.SIGKILL)
     first.wait(10)
-    applied_at_kill = await _inbox(db)
+    applied_at_kill = await inbox_count(db)
     assert applied_at_kill < total, "the kill must land mid-stream"
 
     second = spawn(["referral-consumer"], settings, log, **env)
     try:
-        await wait_for(_at_least(db, total), timeout=120)
+        await wait_for(at_least(db, total), timeout=120)
         await asyncio.sleep(1.0)  # would any event be applied twice or late?
-        assert await _inbox(db) == total
+        assert await inbox_count(db) == total
         assert terminate(second) == 0
     finally:
         if second.poll() is None:
@@ -117,21 +68,21 @@ async def test_sigterm_mid_stream_commits_the_batch_in_hand(
     """SIGTERM: the batch in hand is applied and its offsets committed, exit 0 within 10 s;
     the next process therefore sees no duplicate and loses nothing."""
     log = tmp_path / "consumer.log"
-    total = await _published_stream(settings, db)
+    total = await published_stream(settings, db)
     env = {"CONSUMER_MAX_BATCH": "200"}
     first = spawn(["referral-consumer"], settings, log, **env)
-    await wait_for(_at_least(db, REFERRERS + total // 4), timeout=60, interval=0.01)
+    await wait_for(at_least(db, REFERRERS + total // 4), timeout=60, interval=0.01)
     started = asyncio.get_running_loop().time()
     first.send_signal(signal.SIGTERM)
     code = await asyncio.to_thread(first.wait, 15)
     assert code == 0
     assert asyncio.get_running_loop().time() - started < 10
-    assert await _inbox(db) < total, "the stop must land mid-stream"
+    assert await inbox_count(db) < total, "the stop must land mid-stream"
 
     port = devstack.free_port()
     second = spawn(["referral-consumer"], settings, log, HTTP_PORT=str(port), **env)
     try:
-        await wait_for(_at_least(db, total), timeout=120)
+        await wait_for(at_least(db, total), timeout=120)
         metrics = await asyncio.to_thread(_metrics, port)
     finally:
         terminate(second)
@@ -141,7 +92,7 @@ async def test_sigterm_mid_stream_commits_the_batch_in_hand(
     ]  # fmt: skip
     assert all(line.endswith(" 0.0") for line in duplicates), duplicates
     assert 'outcome="applied"' in metrics, "the second process applied the rest"
-    assert await _inbox(db) == total
+    assert await inbox_count(db) == total
 
 
 def _metrics(port: int) -> str:
