@@ -10,9 +10,9 @@ its own facts and of its referrer's subscriptions and partner flag, so every
 transaction takes row locks on ``accounts`` first (:func:`lock_accounts`):
 
 - ``FOR NO KEY UPDATE`` on each account whose facts or referral row it writes;
-- ``FOR UPDATE`` on each account whose facts its referees' eligibility compares
-  and that it changes (a referrer's new subscription, a partner flag): it then
-  recomputes those referees;
+- ``FOR UPDATE`` on each account to which it adds a fact its referees'
+  eligibility compares (a new organization, payment method or private domain,
+  a partner flag): it then recomputes those referees;
 - ``FOR KEY SHARE`` on the referrers whose facts its recomputations read.
 
 ``KEY SHARE`` conflicts only with ``UPDATE``: referees of one referrer are
@@ -89,24 +89,70 @@ async def lock_accounts(conn: Conn, accounts: Collection[str], mode: str) -> Non
         await conn.execute(_LOCK_ACCOUNTS.format(mode=mode), sorted(accounts))
 
 
+@dataclass(frozen=True)
+class ComparedFacts:
+    """What a new subscription brings that referees of its account are compared with."""
+
+    account_id: str
+    created_at: datetime
+    organization_id: str | None
+    payment_fingerprint_hash: str | None
+    private_email_domain: str | None  # None for a public mail domain
+
+
+# Facts are only ever added, so a value an account already had at the same business
+# time or earlier stays: a subscription that brings no value earlier than the account
+# already had it changes nothing its referees are compared with (whatever their cut-off).
+_NEW_COMPARED_FACTS = """
+select distinct n.account_id
+from unnest($1::text[], $2::timestamptz[], $3::text[], $4::text[], $5::text[])
+    as n(account_id, created_at, org, fp, domain)
+where (n.org is not null and not exists (select 1 from subscriptions s
+           where s.account_id = n.account_id and s.organization_id = n.org
+             and s.created_at <= n.created_at))
+   or (n.fp is not null and not exists (select 1 from subscriptions s
+           where s.account_id = n.account_id and s.payment_fingerprint_hash = n.fp
+             and s.created_at <= n.created_at))
+   or (n.domain is not null and not exists (select 1 from subscriptions s
+           where s.account_id = n.account_id and s.email_domain = n.domain
+             and s.created_at <= n.created_at))
+"""
+
+
 async def lock_for_writing(
-    conn: Conn, written: Collection[str], compared: Collection[str], codes_used: Sequence[str]
-) -> None:
+    conn: Conn,
+    written: Collection[str],
+    compared: Sequence[ComparedFacts],
+    codes_used: Sequence[str],
+) -> set[str]:
     """Take every lock a transaction needs that writes the facts of ``written``.
 
-    ``compared``: those of ``written`` whose facts their referees compare (their
-    referees are recomputed); ``codes_used``: codes (normal form) the new
-    subscriptions carry, whose owners become referrers. The accounts rows must
-    exist. Referrers are read after the written accounts are locked, so no other
-    transaction can change who they are meanwhile.
+    ``compared``: the compared facts the new subscriptions bring; an account they
+    add a value to is locked ``FOR UPDATE`` and returned (its referees must be
+    recomputed). ``codes_used``: codes (normal form) the new subscriptions carry,
+    whose owners become referrers. The accounts rows must exist. Referrers are
+    read after the written accounts are locked, so no other transaction can
+    change who they are meanwhile.
     """
     await conn.execute("select pg_advisory_xact_lock_shared($1)", LEGACY_IMPORT_LOCK)
-    await lock_accounts(conn, compared, "update")
-    await lock_accounts(conn, set(written) - set(compared), "no key update")
+    changed: set[str] = set()
+    if compared:
+        rows = await conn.fetch(
+            _NEW_COMPARED_FACTS,
+            [c.account_id for c in compared],
+            [c.created_at for c in compared],
+            [c.organization_id for c in compared],
+            [c.payment_fingerprint_hash for c in compared],
+            [c.private_email_domain for c in compared],
+        )
+        changed = {r["account_id"] for r in rows}
+    await lock_accounts(conn, changed, "update")
+    await lock_accounts(conn, set(written) - changed, "no key update")
     referrers = {
         r["account_id"] for r in await conn.fetch(_REFERRERS, list(written), list(codes_used))
     }
     await lock_accounts(conn, referrers - set(written), "key share")
+    return changed
 
 
 @dataclass(frozen=True)

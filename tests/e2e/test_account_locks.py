@@ -91,6 +91,12 @@ async def _referrers(db: asyncpg.Connection, settings: Settings, *accounts: str)
     return {a: await _code(db, a) for a in accounts}
 
 
+def _firm_subscription(subscription_id: str, at: datetime) -> dict[str, Any]:
+    return bill.subscription_created(
+        "ref-p", subscription_id, "chat", at, organization_id="org-p", email="a@p-firm.test"
+    )
+
+
 async def _status(db: asyncpg.Connection, referee: str) -> tuple[str, str | None]:
     row = await db.fetchrow(
         "select status, reason from referrals where referee_account_id = $1", referee
@@ -175,6 +181,7 @@ async def test_batches_of_disjoint_accounts_and_referees_of_one_referrer_run_at_
     settings: Settings, db: asyncpg.Connection, second: asyncpg.Connection
 ) -> None:
     codes = await _referrers(db, settings, "ref-p")
+    await _apply(db, settings, _plan(settings, _firm_subscription("ref-p-s2", T0)))
     later = T0 + timedelta(days=3)
 
     def signup(referee: str) -> BatchPlan:
@@ -195,6 +202,10 @@ async def test_batches_of_disjoint_accounts_and_referees_of_one_referrer_run_at_
     await asyncio.wait_for(_apply(second, settings, signup("referee-b")), BLOCKED_FOR)
     own_invoice = _plan(settings, bill.invoice_paid("ref-p", "ref-p-s", "inv-p-1", 9900, later))
     await asyncio.wait_for(_apply(second, settings, own_invoice), BLOCKED_FOR)
+    # A new subscription of the referrer with no fact it did not have already: nothing
+    # its referees are compared with changes, so it does not wait for them either.
+    same_facts = _plan(settings, _firm_subscription("ref-p-s3", later))
+    await asyncio.wait_for(_apply(second, settings, same_facts), BLOCKED_FOR)
     await holder.commit()
 
     assert await _status(db, "referee-a") == ("qualified", None)

@@ -14,6 +14,7 @@ from typing import Any
 import asyncpg
 import structlog
 from aiokafka import AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from faststream import AckPolicy
 from faststream.asgi import AsgiFastStream, AsgiResponse, get
 from faststream.kafka import KafkaBroker, KafkaMessage
@@ -118,6 +119,10 @@ class ConsumerService:
             max_records=settings.consumer_max_batch,
             batch_timeout_ms=settings.consumer_batch_timeout_ms,
             group_id=settings.consumer_group,
+            # Partition p of every billing topic goes to the same member: billing keys
+            # events by account, so one replica writes all of an account's facts and
+            # replicas meet only on the referrers they read (see referral_state).
+            partition_assignment_strategy=(RangePartitionAssignor,),
             auto_offset_reset="earliest",
             ack_policy=AckPolicy.MANUAL,
             listener=_Rebalances(self),

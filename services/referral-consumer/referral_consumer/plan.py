@@ -21,6 +21,7 @@ from referral_consumer.ingest import DeadLetter, Parsed
 from referral_events import InvoicePaid, SubscriptionCancelled, SubscriptionCreated
 from referral_program import codes
 from referral_program.attribution import PUBLIC_EMAIL_DOMAINS, email_domain, fingerprint_hash
+from referral_runtime.referral_state import ComparedFacts
 
 #: ``subscriptions.code_state`` of a sign-up without a code, with one that cannot be a code
 #: (see ``codes.try_normalise``), and with a well-formed one to look up.
@@ -106,6 +107,28 @@ class SubscriptionColumns:
             bool(customer.organization_id or customer.payment_fingerprint)
             or (domain is not None and domain not in PUBLIC_EMAIL_DOMAINS)
         )
+
+    def compared_facts(self) -> list[ComparedFacts]:
+        """What the batch's subscriptions bring that referees of their accounts are compared with."""
+        return [
+            ComparedFacts(
+                account,
+                created_at,
+                org,
+                fp,
+                domain if domain is not None and domain not in PUBLIC_EMAIL_DOMAINS else None,
+            )
+            for account, created_at, org, fp, domain, compared in zip(
+                self.account_id,
+                self.created_at,
+                self.organization_id,
+                self.payment_fingerprint_hash,
+                self.email_domain,
+                self.compared,
+                strict=True,
+            )
+            if compared
+        ]
 
     def arrays(self) -> tuple[list[Any], ...]:
         """The parameters of :data:`INSERT_SUBSCRIPTIONS`, in its order."""

@@ -2,8 +2,8 @@
 
 Every statement is set-based (arrays + ``unnest``), so a batch of thousands of
 events costs about a dozen round trips; the arrays come ready-made from the
-batch's :class:`~referral_consumer.plan.BatchPlan`. A transaction-scoped advisory lock
-Row locks on the accounts the batch touches (``referral_state.lock_for_writing``)
+batch's :class:`~referral_consumer.plan.BatchPlan`. Row locks on the accounts the
+batch touches (``referral_state.lock_for_writing``)
 order it against any transaction that writes the same accounts or what their
 referrals read; batches of disjoint accounts run at the same time.
 """
@@ -78,10 +78,10 @@ async def apply_batch(
     outbox: list[OutboxMessage] = []
     new_accounts = await _insert_accounts(conn, plan)
     created = plan.created
-    await lock_for_writing(
+    changed = await lock_for_writing(
         conn,
         plan.accounts,
-        {a for a, compared in zip(created.account_id, created.compared, strict=True) if compared},
+        created.compared_facts(),
         [c for c in created.referral_code if c is not None],
     )
     claimed = await _claim_inbox(conn, plan, result)
@@ -104,7 +104,7 @@ async def apply_batch(
         if event_id in claimed
     ]
     touched = sorted({a for a, _ in fresh} | await _payments_that_matter(conn, new_invoices))
-    referrers_changed = sorted({a for a, compared in fresh if compared})
+    referrers_changed = sorted({a for a, compared in fresh if compared} & changed)
     result.attributions.update(await recompute_referrals(conn, touched, referrers_changed, tz=tz))
     outbox += await _dead_letters(conn, plan.dead, out, result)
     await enqueue(conn, outbox)
