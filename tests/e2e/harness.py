@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -14,11 +16,53 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from referral_consumer.app import ConsumerService
+from referral_consumer.ingest import Parsed, parse_record
+from referral_consumer.plan import BatchPlan
+from referral_consumer.store import apply_batch
+from referral_devtools import synthetic as bill
+from referral_runtime.referral_state import Outbound
 from referral_runtime.settings import Settings
 from tests.conftest import settings_env
+
+_offsets = itertools.count()
+
+
+@dataclass(frozen=True)
+class _Record:
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+
+
+def batch_plan(settings: Settings, *events: dict[str, Any]) -> BatchPlan:
+    """Billing events as the consumer plans one batch of them (no broker needed)."""
+    parsed = []
+    for event in events:
+        record = _Record(
+            bill.topic_for(settings.topics, event),
+            0,
+            next(_offsets),
+            event["data"]["account_id"].encode(),
+            json.dumps(event).encode(),
+        )
+        result = parse_record(record, settings.topics.billing, settings.max_message_bytes)
+        assert isinstance(result, Parsed), result
+        parsed.append(result)
+    return BatchPlan.of(parsed)
+
+
+async def apply_plan(conn: asyncpg.Connection, settings: Settings, plan: BatchPlan) -> None:
+    """Apply a planned batch in one transaction, as the consumer's writer does."""
+    async with conn.transaction():
+        await apply_batch(
+            conn, plan, Outbound.from_settings(settings), secrets.randbits, tz=settings.tz
+        )
 
 
 @contextlib.asynccontextmanager

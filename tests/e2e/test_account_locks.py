@@ -7,54 +7,25 @@ does meanwhile shows which locks the batch takes (``referral_state.lock_for_writ
 from __future__ import annotations
 
 import asyncio
-import itertools
-import json
 import secrets
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
 import pytest
 
-from referral_consumer.ingest import Parsed, parse_record
 from referral_consumer.plan import BatchPlan
 from referral_consumer.store import apply_batch
 from referral_devtools import synthetic as bill
 from referral_runtime.db import connect
 from referral_runtime.referral_state import Outbound
 from referral_runtime.settings import Settings
+from tests.e2e.harness import apply_plan, batch_plan
 
 T0 = datetime(2027, 1, 4, 17, 0, tzinfo=UTC)
-_offsets = itertools.count()
 #: Long enough that a transaction that does not wait finishes well within it.
 BLOCKED_FOR = 1.5
-
-
-@dataclass(frozen=True)
-class _Record:
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes | None
-
-
-def _plan(settings: Settings, *events: dict[str, Any]) -> BatchPlan:
-    parsed = []
-    for event in events:
-        record = _Record(
-            bill.topic_for(settings.topics, event),
-            0,
-            next(_offsets),
-            event["data"]["account_id"].encode(),
-            json.dumps(event).encode(),
-        )
-        result = parse_record(record, settings.topics.billing, settings.max_message_bytes)
-        assert isinstance(result, Parsed), result
-        parsed.append(result)
-    return BatchPlan.of(parsed)
 
 
 @pytest.fixture
@@ -64,11 +35,23 @@ async def second(database_url: str) -> AsyncIterator[asyncpg.Connection]:
     await conn.close()
 
 
-async def _apply(conn: asyncpg.Connection, settings: Settings, plan: BatchPlan) -> None:
-    async with conn.transaction():
-        await apply_batch(
-            conn, plan, Outbound.from_settings(settings), secrets.randbits, tz=settings.tz
-        )
+async def _second_waits_for_first(
+    db: asyncpg.Connection,
+    second: asyncpg.Connection,
+    settings: Settings,
+    first: BatchPlan,
+    then: BatchPlan,
+    interleaved: str,
+) -> None:
+    """``first`` in a transaction held open; ``then`` must wait for its commit."""
+    holder = db.transaction()
+    await holder.start()
+    await apply_batch(db, first, Outbound.from_settings(settings), secrets.randbits, tz=settings.tz)
+    waiting = asyncio.create_task(apply_plan(second, settings, then))
+    await asyncio.sleep(BLOCKED_FOR)
+    assert not waiting.done(), interleaved
+    await holder.commit()
+    await asyncio.wait_for(waiting, 30)
 
 
 async def _code(db: asyncpg.Connection, account: str) -> str:
@@ -80,10 +63,10 @@ async def _code(db: asyncpg.Connection, account: str) -> str:
 
 
 async def _referrers(db: asyncpg.Connection, settings: Settings, *accounts: str) -> dict[str, str]:
-    await _apply(
+    await apply_plan(
         db,
         settings,
-        _plan(
+        batch_plan(
             settings,
             *(bill.subscription_created(a, f"{a}-s", "virtual_receptionist", T0) for a in accounts),
         ),
@@ -110,11 +93,11 @@ async def test_a_referee_batch_waits_for_a_batch_changing_its_referrer_and_sees_
 ) -> None:
     codes = await _referrers(db, settings, "ref-p")
     later = T0 + timedelta(days=3)
-    referrer_change = _plan(
+    referrer_change = batch_plan(
         settings,
         bill.subscription_created("ref-p", "ref-p-s2", "chat", later, organization_id="org-shared"),
     )
-    referee_signup = _plan(
+    referee_signup = batch_plan(
         settings,
         bill.subscription_created(
             "referee-r",
@@ -127,16 +110,14 @@ async def test_a_referee_batch_waits_for_a_batch_changing_its_referrer_and_sees_
         bill.invoice_paid("referee-r", "referee-r-s", "inv-r-1", 9900, later),
     )
 
-    holder = db.transaction()
-    await holder.start()
-    await apply_batch(
-        db, referrer_change, Outbound.from_settings(settings), secrets.randbits, tz=settings.tz
+    await _second_waits_for_first(
+        db,
+        second,
+        settings,
+        referrer_change,
+        referee_signup,
+        "the referee's batch ran while its referrer was being changed",
     )
-    waiting = asyncio.create_task(_apply(second, settings, referee_signup))
-    await asyncio.sleep(BLOCKED_FOR)
-    assert not waiting.done(), "the referee's batch ran while its referrer was being changed"
-    await holder.commit()
-    await asyncio.wait_for(waiting, 30)
 
     # Interleaved, each would have missed the other's uncommitted subscription.
     assert await _status(db, "referee-r") == ("ineligible", "same_organization")
@@ -147,7 +128,7 @@ async def test_a_referrer_change_waits_for_a_batch_recomputing_its_referee(
 ) -> None:
     codes = await _referrers(db, settings, "ref-p")
     later = T0 + timedelta(days=3)
-    referee_signup = _plan(
+    referee_signup = batch_plan(
         settings,
         bill.subscription_created(
             "referee-r",
@@ -158,21 +139,19 @@ async def test_a_referrer_change_waits_for_a_batch_recomputing_its_referee(
             email="owner@acme.test",
         ),
     )
-    referrer_change = _plan(
+    referrer_change = batch_plan(
         settings,
         bill.subscription_created("ref-p", "ref-p-s2", "chat", later, email="boss@acme.test"),
     )
 
-    holder = db.transaction()
-    await holder.start()
-    await apply_batch(
-        db, referee_signup, Outbound.from_settings(settings), secrets.randbits, tz=settings.tz
+    await _second_waits_for_first(
+        db,
+        second,
+        settings,
+        referee_signup,
+        referrer_change,
+        "the referrer changed while its referee was being recomputed",
     )
-    waiting = asyncio.create_task(_apply(second, settings, referrer_change))
-    await asyncio.sleep(BLOCKED_FOR)
-    assert not waiting.done(), "the referrer changed while its referee was being recomputed"
-    await holder.commit()
-    await asyncio.wait_for(waiting, 30)
 
     assert await _status(db, "referee-r") == ("ineligible", "same_email_domain")
 
@@ -181,11 +160,11 @@ async def test_batches_of_disjoint_accounts_and_referees_of_one_referrer_run_at_
     settings: Settings, db: asyncpg.Connection, second: asyncpg.Connection
 ) -> None:
     codes = await _referrers(db, settings, "ref-p")
-    await _apply(db, settings, _plan(settings, _firm_subscription("ref-p-s2", T0)))
+    await apply_plan(db, settings, batch_plan(settings, _firm_subscription("ref-p-s2", T0)))
     later = T0 + timedelta(days=3)
 
     def signup(referee: str) -> BatchPlan:
-        return _plan(
+        return batch_plan(
             settings,
             bill.subscription_created(
                 referee, f"{referee}-s", "virtual_receptionist", later, code=codes["ref-p"]
@@ -199,13 +178,15 @@ async def test_batches_of_disjoint_accounts_and_referees_of_one_referrer_run_at_
         db, signup("referee-a"), Outbound.from_settings(settings), secrets.randbits, tz=settings.tz
     )
     # Another referee of the same referrer, and the referrer's own invoice: neither waits.
-    await asyncio.wait_for(_apply(second, settings, signup("referee-b")), BLOCKED_FOR)
-    own_invoice = _plan(settings, bill.invoice_paid("ref-p", "ref-p-s", "inv-p-1", 9900, later))
-    await asyncio.wait_for(_apply(second, settings, own_invoice), BLOCKED_FOR)
+    await asyncio.wait_for(apply_plan(second, settings, signup("referee-b")), BLOCKED_FOR)
+    own_invoice = batch_plan(
+        settings, bill.invoice_paid("ref-p", "ref-p-s", "inv-p-1", 9900, later)
+    )
+    await asyncio.wait_for(apply_plan(second, settings, own_invoice), BLOCKED_FOR)
     # A new subscription of the referrer with no fact it did not have already: nothing
     # its referees are compared with changes, so it does not wait for them either.
-    same_facts = _plan(settings, _firm_subscription("ref-p-s3", later))
-    await asyncio.wait_for(_apply(second, settings, same_facts), BLOCKED_FOR)
+    same_facts = batch_plan(settings, _firm_subscription("ref-p-s3", later))
+    await asyncio.wait_for(apply_plan(second, settings, same_facts), BLOCKED_FOR)
     await holder.commit()
 
     assert await _status(db, "referee-a") == ("qualified", None)

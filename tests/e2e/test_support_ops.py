@@ -8,9 +8,7 @@ one test runs the real consumer on the real broker end to end.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import json
-import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
@@ -20,52 +18,20 @@ from typing import Any
 import asyncpg
 import pytest
 
-from referral_consumer.ingest import Parsed, parse_record
-from referral_consumer.plan import BatchPlan
-from referral_consumer.store import apply_batch
 from referral_devtools import synthetic as bill
 from referral_ops import cli, code_changes
 from referral_program import calendar, codes
 from referral_runtime.referral_state import Outbound
 from referral_runtime.settings import Settings
 from tests.conftest import settings_env, wait_for
-from tests.e2e.harness import producer, read_topic, running_consumer
+from tests.e2e.harness import apply_plan, batch_plan, producer, read_topic, running_consumer
 
 T0 = datetime(2026, 3, 2, 17, 0, tzinfo=UTC)
-_offsets = itertools.count()
-
-
-@dataclass(frozen=True)
-class _Record:
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes | None
 
 
 async def feed(db: asyncpg.Connection, settings: Settings, *events: dict[str, Any]) -> None:
     """Apply billing events through the consumer's batch transaction (no broker needed)."""
-    parsed = []
-    for event in events:
-        record = _Record(
-            bill.topic_for(settings.topics, event),
-            0,
-            next(_offsets),
-            event["data"]["account_id"].encode(),
-            json.dumps(event).encode(),
-        )
-        result = parse_record(record, settings.topics.billing, settings.max_message_bytes)
-        assert isinstance(result, Parsed), result
-        parsed.append(result)
-    async with db.transaction():
-        await apply_batch(
-            db,
-            BatchPlan.of(parsed),
-            Outbound.from_settings(settings),
-            secrets.randbits,
-            tz=settings.tz,
-        )
+    await apply_plan(db, settings, batch_plan(settings, *events))
 
 
 async def active_code(db: asyncpg.Connection, account: str) -> str:
