@@ -32,6 +32,7 @@ import tempfile
 import threading
 import time
 import warnings
+from collections import Counter
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -299,9 +300,13 @@ class TopicTally:
     messages: int
     payout_ids: int
     cash_cents: int
+    currencies: Counter[str]  # payout.due messages by currency
+    program_currency: str
 
     def matches(self, due: int) -> bool:
-        return self.payout_ids == due and self.messages == due
+        """One message per due payout, every one in the program currency."""
+        in_program_currency = set(self.currencies) <= {self.program_currency}
+        return self.payout_ids == due and self.messages == due and in_program_currency
 
 
 @dataclass
@@ -507,6 +512,7 @@ async def count_payouts_on_topic(settings: Settings, topic: str) -> TopicTally:
         await consumer.seek_to_beginning(*partitions)
         ends = await consumer.end_offsets(partitions)
         messages, payout_ids, cents = 0, set(), 0
+        currencies: Counter[str] = Counter()
         deadline = asyncio.get_running_loop().time() + 60
         while [tp for tp, end in ends.items() if await consumer.position(tp) < end]:
             if asyncio.get_running_loop().time() > deadline:
@@ -515,12 +521,13 @@ async def count_payouts_on_topic(settings: Settings, topic: str) -> TopicTally:
                 for record in records:
                     data = json.loads(record.value or b"{}").get("data", {})
                     messages += 1
+                    currencies[str(data.get("currency"))] += 1
                     if data.get("payout_id") not in payout_ids:
                         payout_ids.add(data.get("payout_id"))
                         cents += int(data.get("amount_cents", 0))
     finally:
         await consumer.stop()
-    return TopicTally(messages, len(payout_ids), cents)
+    return TopicTally(messages, len(payout_ids), cents, currencies, settings.program_currency)
 
 
 # --- the summary --------------------------------------------------------------------------
@@ -724,7 +731,12 @@ def render_summary(report: Report) -> str:
         if tally.matches(report.due_count)
         else f"MISMATCH: {report.due_count:,} due payouts in the database"
     )
-    out.append(f"payout.due events on the topic: {tally.messages:,} ({verdict})")
+    currencies = ", ".join(f"{n:,} in {c}" for c, n in sorted(tally.currencies.items()))
+    out.append(
+        f"payout.due events on the topic: {tally.messages:,}"
+        + (f", {currencies}" if currencies else "")
+        + f" ({verdict}; program currency {tally.program_currency})"
+    )
     out.append(f"took {_duration(report.seconds)} (starting the stack {report.stack_seconds:.1f}s)")
     return "\n".join(out)
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import random
 import uuid
+import zlib
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -514,6 +515,13 @@ def billing_months(plan: YearPlan, codes: Mapping[str, str]) -> list[Month]:
     ]
 
 
+def billing_currency(account_id: str) -> str:
+    """Billing's currency of an account: one in ten is billed in CAD. Derived from the id,
+    not drawn from the plan's random stream, so the rest of the year is unchanged; the
+    rewards stay in the program currency whatever the account is billed in."""
+    return "CAD" if zlib.crc32(account_id.encode()) % 10 == 0 else "USD"
+
+
 def _account_messages(
     account: AccountPlan,
     codes: Mapping[str, str],
@@ -528,6 +536,7 @@ def _account_messages(
     out: list[Message] = []
     key = account.account_id.encode()
     customer = account.customer
+    currency = billing_currency(account.account_id)
 
     def within(at: datetime) -> bool:
         return since <= at < until
@@ -545,6 +554,7 @@ def _account_messages(
                 organization_id=customer.organization_id,
                 payment_fingerprint=customer.payment_fingerprint,
                 plan_id=f"{sub.family}-{sub.price_cents // 100}",
+                currency=currency,
                 event_id=ids(f"created:{sub.subscription_id}"),
             )
             out.append(_message(CREATED, key, event))
@@ -566,6 +576,7 @@ def _account_messages(
                 sub.price_cents - discount,
                 at,
                 discount_cents=discount,
+                currency=currency,
                 event_id=ids(f"paid:{invoice}"),
             )
             out.append(_message(PAID, key, event))

@@ -24,6 +24,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from referral_runtime.db import Conn
 from referral_runtime.retry import Backoff, sleep_unless_stopped
+from referral_runtime.settings import Settings
 
 log = structlog.get_logger(__name__)
 
@@ -110,6 +111,15 @@ class OutboxRelay:
         #: Whether the last attempt reached the database and the broker.
         self.db_ok = True
         self.broker_ok = True
+
+    @classmethod
+    def from_settings(
+        cls, pool: asyncpg.Pool, producer: AIOKafkaProducer, metrics: OutboxMetrics, s: Settings
+    ) -> OutboxRelay:
+        """A relay with the configured batch size and poll interval."""
+        return cls(
+            pool, producer, metrics, batch=s.outbox_batch, poll_seconds=s.outbox_poll_ms / 1000
+        )
 
     async def publish_pending(self) -> int:
         """Claim, publish and mark one batch; returns how many rows were published."""
@@ -218,6 +228,17 @@ def _headers(value: Any) -> dict[str, Any]:
         loaded: dict[str, Any] = json.loads(value)
         return loaded
     return dict(value or {})
+
+
+async def start_producer(settings: Settings) -> AIOKafkaProducer:
+    """The configured producer, started; a failed start is undone before the error propagates."""
+    producer = make_producer(settings.kafka_bootstrap_servers, settings.kafka_security())
+    try:
+        await producer.start()
+    except BaseException:
+        await producer.stop()
+        raise
+    return producer
 
 
 def make_producer(bootstrap: str, security: dict[str, Any], **extra: Any) -> AIOKafkaProducer:

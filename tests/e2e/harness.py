@@ -11,6 +11,8 @@ import secrets
 import signal
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,10 +25,11 @@ from referral_consumer.app import ConsumerService
 from referral_consumer.ingest import Parsed, parse_record
 from referral_consumer.plan import BatchPlan
 from referral_consumer.store import apply_batch
+from referral_devtools import devstack
 from referral_devtools import synthetic as bill
 from referral_runtime.referral_state import Outbound
 from referral_runtime.settings import Settings
-from tests.conftest import settings_env
+from tests.conftest import settings_env, wait_for
 
 _offsets = itertools.count()
 
@@ -163,3 +166,71 @@ def terminate(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout:
     if proc.poll() is None:
         proc.send_signal(sig)
     return proc.wait(timeout)
+
+
+def http_status(port: int, path: str) -> int:
+    """The HTTP status a service on ``port`` answers for ``path``; 0 when nothing answers."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        return exc.code
+    except OSError:
+        return 0
+
+
+async def spawn_both_unready(
+    settings: Settings, tmp_path: Path
+) -> tuple[dict[str, subprocess.Popen[bytes]], dict[str, int]]:
+    """Both services, started while a dependency is down: they must serve /healthz, stay up
+    and answer /readyz 503 (checked after several failed connection attempts)."""
+    ports = {name: devstack.free_port() for name in ("referral-consumer", "payout-scheduler")}
+    procs = {
+        name: spawn([name], settings, tmp_path / f"{name}.log", HTTP_PORT=str(port),
+                    HEALTH_PROBE_SECONDS="0.5")
+        for name, port in ports.items()
+    }  # fmt: skip
+    try:
+        for port in ports.values():
+
+            async def serving(port: int = port) -> bool:
+                return await asyncio.to_thread(http_status, port, "/healthz") == 200
+
+            await wait_for(serving, timeout=30)
+        await asyncio.sleep(2)  # several connection attempts fail meanwhile
+        for name, port in ports.items():
+            assert procs[name].poll() is None, (tmp_path / f"{name}.log").read_text()
+            assert await asyncio.to_thread(http_status, port, "/healthz") == 200
+            assert await asyncio.to_thread(http_status, port, "/readyz") == 503, name
+    except BaseException:
+        for proc in procs.values():
+            proc.kill()
+        raise
+    return procs, ports
+
+
+async def active_code(db: asyncpg.Connection, account: str) -> str:
+    """The account's active referral code (stored form)."""
+    code = await db.fetchval(
+        "select code from referral_codes where account_id = $1 and status = 'active'", account
+    )
+    assert code, f"{account} has no active code"
+    return str(code)
+
+
+async def inbox_reaches(db: asyncpg.Connection, n: int, timeout: float = 60) -> None:
+    """Wait until ``n`` events were applied."""
+
+    async def applied() -> bool:
+        return bool(await db.fetchval("select count(*) from inbox") >= n)
+
+    await wait_for(applied, timeout=timeout)
+
+
+async def referral_status(db: asyncpg.Connection, referee: str) -> tuple[str, str | None]:
+    """The referee's referral status and reason."""
+    row = await db.fetchrow(
+        "select status, reason from referrals where referee_account_id = $1", referee
+    )
+    assert row is not None, f"{referee} was not referred"
+    return row["status"], row["reason"]

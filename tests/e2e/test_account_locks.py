@@ -21,7 +21,7 @@ from referral_devtools import synthetic as bill
 from referral_runtime.db import connect
 from referral_runtime.referral_state import Outbound
 from referral_runtime.settings import Settings
-from tests.e2e.harness import apply_plan, batch_plan
+from tests.e2e.harness import active_code, apply_plan, batch_plan, referral_status
 
 T0 = datetime(2027, 1, 4, 17, 0, tzinfo=UTC)
 #: Long enough that a transaction that does not wait finishes well within it.
@@ -54,14 +54,6 @@ async def _second_waits_for_first(
     await asyncio.wait_for(waiting, 30)
 
 
-async def _code(db: asyncpg.Connection, account: str) -> str:
-    return str(
-        await db.fetchval(
-            "select code from referral_codes where account_id = $1 and status = 'active'", account
-        )
-    )
-
-
 async def _referrers(db: asyncpg.Connection, settings: Settings, *accounts: str) -> dict[str, str]:
     await apply_plan(
         db,
@@ -71,21 +63,13 @@ async def _referrers(db: asyncpg.Connection, settings: Settings, *accounts: str)
             *(bill.subscription_created(a, f"{a}-s", "virtual_receptionist", T0) for a in accounts),
         ),
     )
-    return {a: await _code(db, a) for a in accounts}
+    return {a: await active_code(db, a) for a in accounts}
 
 
 def _firm_subscription(subscription_id: str, at: datetime) -> dict[str, Any]:
     return bill.subscription_created(
         "ref-p", subscription_id, "chat", at, organization_id="org-p", email="a@p-firm.test"
     )
-
-
-async def _status(db: asyncpg.Connection, referee: str) -> tuple[str, str | None]:
-    row = await db.fetchrow(
-        "select status, reason from referrals where referee_account_id = $1", referee
-    )
-    assert row is not None, f"{referee} was not referred"
-    return row["status"], row["reason"]
 
 
 async def test_a_referee_batch_waits_for_a_batch_changing_its_referrer_and_sees_its_facts(
@@ -120,7 +104,7 @@ async def test_a_referee_batch_waits_for_a_batch_changing_its_referrer_and_sees_
     )
 
     # Interleaved, each would have missed the other's uncommitted subscription.
-    assert await _status(db, "referee-r") == ("ineligible", "same_organization")
+    assert await referral_status(db, "referee-r") == ("ineligible", "same_organization")
 
 
 async def test_a_referrer_change_waits_for_a_batch_recomputing_its_referee(
@@ -153,7 +137,7 @@ async def test_a_referrer_change_waits_for_a_batch_recomputing_its_referee(
         "the referrer changed while its referee was being recomputed",
     )
 
-    assert await _status(db, "referee-r") == ("ineligible", "same_email_domain")
+    assert await referral_status(db, "referee-r") == ("ineligible", "same_email_domain")
 
 
 async def test_batches_of_disjoint_accounts_and_referees_of_one_referrer_run_at_once(
@@ -189,5 +173,5 @@ async def test_batches_of_disjoint_accounts_and_referees_of_one_referrer_run_at_
     await asyncio.wait_for(apply_plan(second, settings, same_facts), BLOCKED_FOR)
     await holder.commit()
 
-    assert await _status(db, "referee-a") == ("qualified", None)
-    assert await _status(db, "referee-b") == ("qualified", None)
+    assert await referral_status(db, "referee-a") == ("qualified", None)
+    assert await referral_status(db, "referee-b") == ("qualified", None)

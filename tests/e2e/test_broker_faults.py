@@ -15,8 +15,6 @@ import os
 import shutil
 import subprocess
 import tempfile
-import urllib.error
-import urllib.request
 from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -31,7 +29,14 @@ from referral_program import codes
 from referral_runtime.settings import Settings, Topics
 from tests.conftest import Stack, wait_for
 from tests.e2e.fault_proxy import FaultProxy
-from tests.e2e.harness import producer, read_topic, running_consumer, spawn, terminate
+from tests.e2e.harness import (
+    http_status,
+    producer,
+    read_topic,
+    running_consumer,
+    spawn_both_unready,
+    terminate,
+)
 from tests.e2e.scenario import referee_events, referrer_events, state_of
 
 #: Faults injected and messages lost / doubled over the whole module (printed at the end).
@@ -81,45 +86,19 @@ async def faulty_settings(faulty: FaultyBroker, settings: Settings) -> Settings:
     )
 
 
-def _status(port: int, path: str) -> int:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as response:
-            return int(response.status)
-    except urllib.error.HTTPError as exc:
-        return exc.code
-    except OSError:
-        return 0
-
-
 async def test_both_services_start_without_the_broker_and_become_ready_when_it_returns(
     faulty: FaultyBroker, faulty_settings: Settings, db: asyncpg.Connection, tmp_path: Path
 ) -> None:
     s = faulty_settings
     faulty.proxy.cut()
     TALLY["faults"] += 1
-    ports = {name: devstack.free_port() for name in ("referral-consumer", "payout-scheduler")}
-    procs = {
-        name: spawn([name], s, tmp_path / f"{name}.log", HTTP_PORT=str(port), HEALTH_PROBE_SECONDS="0.5")
-        for name, port in ports.items()
-    }  # fmt: skip
+    procs, ports = await spawn_both_unready(s, tmp_path)
     try:
-        for port in ports.values():
-
-            async def serving(port: int = port) -> bool:
-                return await asyncio.to_thread(_status, port, "/healthz") == 200
-
-            await wait_for(serving, timeout=30)
-        await asyncio.sleep(2)  # several connection attempts fail meanwhile
-        for name, port in ports.items():
-            assert procs[name].poll() is None, (tmp_path / f"{name}.log").read_text()
-            assert await asyncio.to_thread(_status, port, "/healthz") == 200
-            assert await asyncio.to_thread(_status, port, "/readyz") == 503, name
-
         faulty.proxy.heal()
         for port in ports.values():
 
             async def ready(port: int = port) -> bool:
-                return await asyncio.to_thread(_status, port, "/readyz") == 200
+                return await asyncio.to_thread(http_status, port, "/readyz") == 200
 
             await wait_for(ready, timeout=30)
         events = referrer_events(20)

@@ -10,17 +10,9 @@ from referral_devtools import synthetic as bill
 from referral_program import codes
 from referral_runtime.settings import Settings
 from tests.conftest import wait_for
-from tests.e2e.harness import producer, read_topic, running_consumer
+from tests.e2e.harness import active_code, producer, read_topic, running_consumer
 
 T0 = datetime(2027, 1, 5, 17, 0, tzinfo=UTC)
-
-
-async def _code_of(db: asyncpg.Connection, account: str) -> str:
-    code = await db.fetchval(
-        "select code from referral_codes where account_id = $1 and status = 'active'", account
-    )
-    assert code, f"no code for {account}"
-    return codes.display(code)
 
 
 async def _drain(db: asyncpg.Connection, n: int) -> None:
@@ -52,9 +44,9 @@ async def test_referral_outcomes_for_every_rule(settings: Settings, db: asyncpg.
         await db.execute(
             "update accounts set is_partner = true, partner_periods = '{(,)}' where account_id = 'ref-partner'"
         )
-        code_a = await _code_of(db, "ref-a")
-        code_gmail = await _code_of(db, "ref-gmail")
-        code_partner = await _code_of(db, "ref-partner")
+        code_a = await active_code(db, "ref-a")
+        code_gmail = await active_code(db, "ref-gmail")
+        code_partner = await active_code(db, "ref-partner")
         t = T0 + timedelta(days=3)
         ev = [
             # eligible, paid -> qualified; code typed sloppily

@@ -18,8 +18,14 @@ from referral_devtools import synthetic as bill
 from referral_ops import partners
 from referral_runtime.db import create_pool
 from referral_runtime.settings import Settings
-from tests.conftest import wait_for
-from tests.e2e.harness import producer, read_topic, running_consumer
+from tests.e2e.harness import (
+    active_code,
+    inbox_reaches,
+    producer,
+    read_topic,
+    referral_status,
+    running_consumer,
+)
 
 T0 = datetime(2026, 6, 1, 17, tzinfo=UTC)
 SIGNED_UP = datetime(2026, 7, 8, 17, tzinfo=UTC)
@@ -27,29 +33,6 @@ PAID = datetime(2026, 7, 9, 18, tzinfo=UTC)
 BEFORE = datetime(2026, 10, 1, 6, 59, tzinfo=UTC)  # 2026-09-30 23:59 in Los Angeles
 AFTER = datetime(2026, 10, 1, 7, 0, tzinfo=UTC)  # the first instant of eligible_on
 VR = "virtual_receptionist"
-
-
-async def _code_of(db: asyncpg.Connection, account: str) -> str:
-    code = await db.fetchval(
-        "select code from referral_codes where account_id = $1 and status = 'active'", account
-    )
-    assert code, f"no code for {account}"
-    return str(code)
-
-
-async def _inbox_reaches(db: asyncpg.Connection, n: int) -> None:
-    async def applied() -> bool:
-        return bool(await db.fetchval("select count(*) from inbox") >= n)
-
-    await wait_for(applied, timeout=60)
-
-
-async def _status(db: asyncpg.Connection, referee: str) -> tuple[str, str | None]:
-    row = await db.fetchrow(
-        "select status, reason from referrals where referee_account_id = $1", referee
-    )
-    assert row is not None, referee
-    return row["status"], row["reason"]
 
 
 async def test_later_facts_leave_a_due_payout_due_and_it_is_paid_in_the_program_currency(
@@ -64,9 +47,9 @@ async def test_later_facts_leave_a_due_payout_due_and_it_is_paid_in_the_program_
     try:
         async with running_consumer(settings), producer(settings) as p:
             await bill.publish(p, settings.topics, referrers)
-            await _inbox_reaches(db, len(referrers))
-            late, early = await _code_of(db, "ref-late"), await _code_of(db, "ref-early")
-            partner = await _code_of(db, "ref-partner")
+            await inbox_reaches(db, len(referrers))
+            late, early = await active_code(db, "ref-late"), await active_code(db, "ref-early")
+            partner = await active_code(db, "ref-partner")
 
             def referee(account: str, code: str, **extra: str) -> list[bill.Event]:
                 currency = extra.pop("currency", "USD")
@@ -87,8 +70,8 @@ async def test_later_facts_leave_a_due_payout_due_and_it_is_paid_in_the_program_
                 *referee("billed-in-cad", late, currency="CAD"),
             ]
             await bill.publish(p, settings.topics, referees)
-            await _inbox_reaches(db, len(referrers) + len(referees))
-            assert await _status(db, "late-org") == ("qualified", None)
+            await inbox_reaches(db, len(referrers) + len(referees))
+            assert await referral_status(db, "late-org") == ("qualified", None)
 
             # The referrers join the referees' organizations: one at the first instant of
             # eligible_on (too late to count), one the minute before (it counts).
@@ -101,14 +84,14 @@ async def test_later_facts_leave_a_due_payout_due_and_it_is_paid_in_the_program_
                 ),
             ]
             await bill.publish(p, settings.topics, later)
-            await _inbox_reaches(db, len(referrers) + len(referees) + len(later))
+            await inbox_reaches(db, len(referrers) + len(referees) + len(later))
             # Support makes ref-partner a partner today, after eligible_on.
             done = await partners.set_partner(db, "ref-partner", True, actor="e2e", tz=settings.tz)
             assert done.changed
 
-            assert await _status(db, "late-org") == ("qualified", None)
-            assert await _status(db, "early-org") == ("ineligible", "same_organization")
-            assert await _status(db, "late-partner") == ("qualified", None)
+            assert await referral_status(db, "late-org") == ("qualified", None)
+            assert await referral_status(db, "early-org") == ("ineligible", "same_organization")
+            assert await referral_status(db, "late-partner") == ("qualified", None)
 
             result = await run_pass(pool, settings, date(2026, 10, 2), SchedulerMetrics())
             assert result.total == 4

@@ -14,21 +14,13 @@ import asyncpg
 
 from referral_devtools import synthetic as bill
 from referral_runtime.settings import Settings
-from tests.conftest import wait_for
-from tests.e2e.harness import producer, read_topic, running_consumer, spawn
+from tests.e2e.harness import inbox_reaches, producer, read_topic, running_consumer, spawn
 
 T0 = datetime(2027, 1, 5, 17, 0, tzinfo=UTC)
 SIGNED_UP = datetime(2027, 1, 8, 17, 0, tzinfo=UTC)
 PAID = datetime(2027, 1, 9, 18, 0, tzinfo=UTC)  # eligible_on 2027-04-01, decidable 04-02
 CANCELLED = datetime(2027, 4, 10, 16, 0, tzinfo=UTC)
 VR = "virtual_receptionist"
-
-
-async def _inbox_reaches(db: asyncpg.Connection, n: int) -> None:
-    async def applied() -> bool:
-        return bool(await db.fetchval("select count(*) from inbox") >= n)
-
-    await wait_for(applied, timeout=60)
 
 
 def _tick(settings: Settings, as_of: str, log: Path) -> int:
@@ -44,7 +36,7 @@ async def test_a_cancellation_after_payout_due_changes_nothing_but_is_recorded(
         await bill.publish(
             p, settings.topics, [bill.subscription_created("ref-a", "ref-a-s", VR, T0)]
         )
-        await _inbox_reaches(db, 1)
+        await inbox_reaches(db, 1)
         code = await db.fetchval("select code from referral_codes where account_id = 'ref-a'")
         await bill.publish(
             p,
@@ -54,7 +46,7 @@ async def test_a_cancellation_after_payout_due_changes_nothing_but_is_recorded(
                 bill.invoice_paid("vr", "vr-s", "vr-i1", 19900, PAID),
             ],
         )
-        await _inbox_reaches(db, 3)
+        await inbox_reaches(db, 3)
 
         assert await asyncio.to_thread(_tick, settings, "2027-04-02", log) == 0, log.read_text()
         first = await read_topic(settings, settings.topics.payout_due, expect=1)
@@ -72,7 +64,7 @@ async def test_a_cancellation_after_payout_due_changes_nothing_but_is_recorded(
             settings.topics,
             [bill.subscription_cancelled("vr", "vr-s", CANCELLED, reason="moving")],
         )
-        await _inbox_reaches(db, 4)
+        await inbox_reaches(db, 4)
 
         # Later passes (the next day, and one after the cancellation) decide nothing anew.
         for as_of in ("2027-04-03", "2027-04-11"):

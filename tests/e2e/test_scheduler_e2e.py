@@ -28,27 +28,20 @@ from referral_program.decisions import payout_id_for
 from referral_runtime.db import create_pool
 from referral_runtime.settings import Settings
 from tests.conftest import wait_for
-from tests.e2e.harness import producer, read_topic, running_consumer, spawn, terminate
+from tests.e2e.harness import (
+    active_code,
+    inbox_reaches,
+    producer,
+    read_topic,
+    running_consumer,
+    spawn,
+    terminate,
+)
 
 T0 = datetime(2027, 1, 5, 17, 0, tzinfo=UTC)
 SIGNED_UP = datetime(2027, 1, 8, 17, 0, tzinfo=UTC)
 PAID = datetime(2027, 1, 9, 18, 0, tzinfo=UTC)
 VR, VA, CHAT = "virtual_receptionist", "voice_assistant", "chat"
-
-
-async def _code_of(db: asyncpg.Connection, account: str) -> str:
-    code = await db.fetchval(
-        "select code from referral_codes where account_id = $1 and status = 'active'", account
-    )
-    assert code, f"no code for {account}"
-    return str(code)
-
-
-async def _inbox_reaches(db: asyncpg.Connection, n: int) -> None:
-    async def applied() -> bool:
-        return bool(await db.fetchval("select count(*) from inbox") >= n)
-
-    await wait_for(applied, timeout=60)
 
 
 def _referee(
@@ -107,9 +100,9 @@ async def test_billing_to_payout_due_end_to_end(
     try:
         async with running_consumer(settings), producer(settings) as p:
             await bill.publish(p, settings.topics, referrers)
-            await _inbox_reaches(db, len(referrers))
-            a, b = await _code_of(db, "ref-a"), await _code_of(db, "ref-b")
-            partner = await _code_of(db, "ref-partner")
+            await inbox_reaches(db, len(referrers))
+            a, b = await active_code(db, "ref-a"), await active_code(db, "ref-b")
+            partner = await active_code(db, "ref-partner")
             referees = [
                 *_referee("vr", VR, a),
                 *_referee("va", VA, a),
@@ -148,7 +141,7 @@ async def test_billing_to_payout_due_end_to_end(
                 *_referee("february", VR, a, paid_at=datetime(2027, 2, 10, 18, tzinfo=UTC)),
             ]  # fmt: skip
             await bill.publish(p, settings.topics, referees)
-            await _inbox_reaches(db, len(referrers) + len(referees))
+            await inbox_reaches(db, len(referrers) + len(referees))
             # Support's changes after attribution: a partner flag, two payees.
             await db.execute(
                 "update accounts set is_partner = true, partner_periods = '{(,)}' where account_id = 'ref-partner'"

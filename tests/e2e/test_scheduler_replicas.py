@@ -9,8 +9,6 @@ from __future__ import annotations
 import asyncio
 import re
 import signal
-import urllib.error
-import urllib.request
 from collections import Counter
 from datetime import date, datetime
 from pathlib import Path
@@ -26,7 +24,7 @@ from referral_program.decisions import decidable_before, payout_id_for
 from referral_runtime.db import create_pool
 from referral_runtime.settings import Settings
 from tests.conftest import wait_for
-from tests.e2e.harness import Received, read_topic, spawn, terminate
+from tests.e2e.harness import Received, http_status, read_topic, spawn, terminate
 
 AS_OF = date(2027, 4, 2)
 
@@ -41,16 +39,6 @@ async def _seed_due(db: asyncpg.Connection, settings: Settings, n: int, as_of: d
     ids = {str(payout_id_for(r["referral_id"])) for r in rows}
     assert len(ids) == n
     return ids
-
-
-def _status(port: int, path: str) -> int:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as response:
-            return int(response.status)
-    except urllib.error.HTTPError as exc:
-        return exc.code
-    except OSError:
-        return 0
 
 
 def _payout_ids(messages: list[Received]) -> Counter[str]:
@@ -175,10 +163,10 @@ async def test_killed_between_commit_and_publish_the_restart_publishes_once(
 
         # Alive, deciding, but not ready: it cannot publish.
         async def serving() -> bool:
-            return await asyncio.to_thread(_status, port, "/healthz") == 200
+            return await asyncio.to_thread(http_status, port, "/healthz") == 200
 
         await wait_for(serving, timeout=10)
-        assert await asyncio.to_thread(_status, port, "/readyz") == 503
+        assert await asyncio.to_thread(http_status, port, "/readyz") == 503
     finally:
         await asyncio.to_thread(terminate, proc, signal.SIGKILL)
 

@@ -24,7 +24,14 @@ from referral_program import calendar, codes
 from referral_runtime.referral_state import Outbound
 from referral_runtime.settings import Settings
 from tests.conftest import settings_env, wait_for
-from tests.e2e.harness import apply_plan, batch_plan, producer, read_topic, running_consumer
+from tests.e2e.harness import (
+    active_code,
+    apply_plan,
+    batch_plan,
+    producer,
+    read_topic,
+    running_consumer,
+)
 
 T0 = datetime(2026, 3, 2, 17, 0, tzinfo=UTC)
 
@@ -32,14 +39,6 @@ T0 = datetime(2026, 3, 2, 17, 0, tzinfo=UTC)
 async def feed(db: asyncpg.Connection, settings: Settings, *events: dict[str, Any]) -> None:
     """Apply billing events through the consumer's batch transaction (no broker needed)."""
     await apply_plan(db, settings, batch_plan(settings, *events))
-
-
-async def active_code(db: asyncpg.Connection, account: str) -> str:
-    code = await db.fetchval(
-        "select code from referral_codes where account_id = $1 and status = 'active'", account
-    )
-    assert code, f"{account} has no active code"
-    return str(code)
 
 
 async def code_statuses(db: asyncpg.Connection, account: str) -> dict[str, str]:

@@ -25,7 +25,7 @@ from payout_scheduler.passes import (
 )
 from referral_runtime.db import TRANSIENT_DB_ERRORS, create_pool
 from referral_runtime.health import DependencyProbe
-from referral_runtime.outbox import OutboxRelay, make_producer
+from referral_runtime.outbox import OutboxRelay, start_producer
 from referral_runtime.retry import Backoff, retry_until_stopped, sleep_unless_stopped
 from referral_runtime.settings import Settings
 
@@ -53,10 +53,9 @@ async def tick(settings: Settings, as_of: date, metrics: SchedulerMetrics) -> Ti
     pool = await create_pool(settings.database_url, size=2)
     try:
         decision_pass = await run_pass(pool, settings, as_of, metrics)
-        producer = make_producer(settings.kafka_bootstrap_servers, settings.kafka_security())
-        await producer.start()
+        producer = await start_producer(settings)
         try:
-            relay = OutboxRelay(pool, producer, metrics.outbox, batch=settings.outbox_batch)
+            relay = OutboxRelay.from_settings(pool, producer, metrics.outbox, settings)
             published = await relay.drain()
         finally:
             await producer.stop()
@@ -156,14 +155,7 @@ class SchedulerService:
         return pool
 
     async def _start_producer(self) -> AIOKafkaProducer:
-        s = self.settings
-        producer = make_producer(s.kafka_bootstrap_servers, s.kafka_security())
-        try:
-            await producer.start()
-        except BaseException:
-            await producer.stop()
-            raise
-        return producer
+        return await start_producer(self.settings)
 
     async def _decision_loop(self, pool: asyncpg.Pool) -> None:
         s = self.settings
@@ -199,13 +191,7 @@ class SchedulerService:
         if producer is None:
             return
         self._producer = producer
-        self.relay = OutboxRelay(
-            pool,
-            producer,
-            self.metrics.outbox,
-            batch=s.outbox_batch,
-            poll_seconds=s.outbox_poll_ms / 1000,
-        )
+        self.relay = OutboxRelay.from_settings(pool, producer, self.metrics.outbox, s)
         self._set_ready()
         try:
             await self.relay.run(

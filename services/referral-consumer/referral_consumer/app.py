@@ -28,7 +28,7 @@ from referral_ops.read_api import ReadApi
 from referral_runtime.db import create_pool
 from referral_runtime.health import DependencyProbe
 from referral_runtime.logs import configure_logging
-from referral_runtime.outbox import OutboxRelay, make_producer
+from referral_runtime.outbox import OutboxRelay, start_producer
 from referral_runtime.referral_state import Outbound
 from referral_runtime.retry import Backoff, retry_until_stopped
 from referral_runtime.settings import Settings
@@ -183,13 +183,7 @@ class ConsumerService:
         if producer is None:
             return
         self._producer = producer
-        self.relay = OutboxRelay(
-            pool,
-            producer,
-            self.metrics.outbox,
-            batch=s.outbox_batch,
-            poll_seconds=s.outbox_poll_ms / 1000,
-        )
+        self.relay = OutboxRelay.from_settings(pool, producer, self.metrics.outbox, s)
         self._relay_task = asyncio.create_task(
             self.relay.run(self.stopping, on_health=self._set_ready), name="outbox-relay"
         )
@@ -210,14 +204,7 @@ class ConsumerService:
         return pool
 
     async def _start_producer(self) -> AIOKafkaProducer:
-        s = self.settings
-        producer = make_producer(s.kafka_bootstrap_servers, s.kafka_security())
-        try:
-            await producer.start()
-        except BaseException:
-            await producer.stop()
-            raise
-        return producer
+        return await start_producer(self.settings)
 
     async def _start_broker(self) -> bool:
         """FastStream's broker and subscriber; a failed start is undone before the retry."""
