@@ -261,7 +261,7 @@ def demo_settings(stack: Stack) -> Settings:
 
 
 def default_topics() -> Topics:
-    """SPEC §2's topic names: the stack is private, so TOPIC_* overrides do not apply."""
+    """The contract's topic names: the stack is private, so TOPIC_* overrides do not apply."""
     return Topics(**{name: f.default for name, f in Topics.model_fields.items()})
 
 

@@ -1,4 +1,4 @@
-"""Builders of realistic billing events (SPEC §2 wire form), for the demo, benchmarks and tests."""
+"""Builders of realistic billing events (the wire form of docs/rules.md), for the demo, benchmarks and tests."""
 
 from __future__ import annotations
 

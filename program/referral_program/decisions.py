@@ -1,9 +1,9 @@
 """The payout decision for one referral: due, forfeited or ineligible, from facts alone.
 
 A decision depends only on facts whose business time is before the start of
-``eligible_on`` (SPEC §3.6) and never on when the scheduler runs: ``as_of``
+``eligible_on`` (docs/rules.md: which facts count) and never on when the scheduler runs: ``as_of``
 only says whether the referral is decidable yet. Money is in the program
-currency, which the caller passes in (SPEC §3.7).
+currency, which the caller passes in (docs/rules.md: amount and currency).
 """
 
 from __future__ import annotations
@@ -194,6 +194,6 @@ def _ended_by(
     if effective_at is None:
         return False
     if cancelled_at is not None and cancelled_at >= instant:
-        # Cancelled on or after the eligibility instant: a later fact, ignored (SPEC §3.6).
+        # Cancelled on or after the eligibility instant: a later fact, ignored (docs/rules.md: which facts count).
         return False
     return effective_at <= instant

@@ -18,7 +18,7 @@ DEV_ENV_FILE = os.environ.get("REFERRALS_ENV_FILE", ".dev/stack.env")
 
 
 class Topics(BaseSettings):
-    """Topic names (SPEC §2 defaults), overridable per environment."""
+    """Topic names (the contract's defaults, docs/rules.md), overridable per environment."""
 
     model_config = SettingsConfigDict(env_prefix="TOPIC_", env_file=DEV_ENV_FILE, extra="ignore")
 

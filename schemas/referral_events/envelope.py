@@ -20,7 +20,7 @@ def rfc3339(value: object) -> object:
     """Accept only an RFC 3339 string (or a datetime) for a business time.
 
     Pydantic would otherwise also take a number, or a string of digits, as Unix
-    time: a wrong type on the wire, which SPEC §2 makes a bad event.
+    time: a wrong type on the wire, which the contract (docs/rules.md) makes a bad event.
     """
     if isinstance(value, datetime):
         return value

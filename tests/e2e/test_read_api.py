@@ -1,4 +1,4 @@
-"""The HTTP read API (SPEC §5) as an ASGI app over the real Postgres."""
+"""The HTTP read API (README: commands) as an ASGI app over the real Postgres."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""SPEC §3.6: facts dated at or after the start of eligible_on never change a referral.
+"""docs/rules.md: which facts count: facts dated at or after the start of eligible_on never change a referral.
 
 The referral state (status, reason) the consumer derives and the payout the
 scheduler decides from it are computed on a referral's facts, then again with
