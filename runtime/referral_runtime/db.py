@@ -7,6 +7,8 @@ from typing import Any
 
 import asyncpg
 
+from referral_runtime.settings import Settings
+
 #: Errors that mean "the database is unavailable for now", not "the data is wrong".
 TRANSIENT_DB_ERRORS: tuple[type[BaseException], ...] = (
     OSError,
@@ -42,6 +44,11 @@ async def create_pool(dsn: str, *, size: int = 4, **kwargs: Any) -> asyncpg.Pool
         command_timeout=60,
         **kwargs,
     )
+
+
+async def open_pool(settings: Settings) -> asyncpg.Pool:
+    """The service pool: ``DATABASE_URL``, ``DB_POOL_SIZE`` connections."""
+    return await create_pool(settings.database_url, size=settings.db_pool_size)
 
 
 async def connect(dsn: str) -> asyncpg.Connection:

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 from dataclasses import dataclass
 from datetime import date, datetime
+from functools import partial
 
 import asyncpg
 import structlog
@@ -23,7 +24,7 @@ from payout_scheduler.passes import (
     refresh_overdue,
     run_pass,
 )
-from referral_runtime.db import TRANSIENT_DB_ERRORS, create_pool
+from referral_runtime.db import TRANSIENT_DB_ERRORS, create_pool, open_pool
 from referral_runtime.health import DependencyProbe
 from referral_runtime.outbox import OutboxRelay, start_producer
 from referral_runtime.retry import Backoff, retry_until_stopped, sleep_unless_stopped
@@ -138,7 +139,10 @@ class SchedulerService:
 
     async def _run(self) -> None:
         pool = await retry_until_stopped(
-            "database_connect", self._connect, self.stopping, Backoff(0.5, _MAX_BACKOFF_SECONDS)
+            "database_connect",
+            partial(open_pool, self.settings),
+            self.stopping,
+            Backoff(0.5, _MAX_BACKOFF_SECONDS),
         )
         if pool is None:
             return
@@ -147,15 +151,6 @@ class SchedulerService:
             await asyncio.gather(self._decision_loop(pool), self._relay_loop(pool))
         finally:
             await pool.close()
-
-    async def _connect(self) -> asyncpg.Pool:
-        pool: asyncpg.Pool = await create_pool(
-            self.settings.database_url, size=self.settings.db_pool_size
-        )
-        return pool
-
-    async def _start_producer(self) -> AIOKafkaProducer:
-        return await start_producer(self.settings)
 
     async def _decision_loop(self, pool: asyncpg.Pool) -> None:
         s = self.settings
@@ -184,7 +179,7 @@ class SchedulerService:
         s = self.settings
         producer = await retry_until_stopped(
             "broker_connect",
-            self._start_producer,
+            partial(start_producer, s),
             self.stopping,
             Backoff(0.5, _MAX_BACKOFF_SECONDS),
         )

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from functools import partial
 from typing import Any
 
 import asyncpg
@@ -25,7 +26,7 @@ from referral_consumer.parser import BatchParser
 from referral_consumer.pipeline import BatchPipeline
 from referral_consumer.writer import BatchWriter
 from referral_ops.read_api import ReadApi
-from referral_runtime.db import create_pool
+from referral_runtime.db import open_pool
 from referral_runtime.health import DependencyProbe
 from referral_runtime.logs import configure_logging
 from referral_runtime.outbox import OutboxRelay, start_producer
@@ -157,7 +158,7 @@ class ConsumerService:
     async def _start_with_retries(self) -> None:
         s = self.settings
         pool = await retry_until_stopped(
-            "database_connect", self._connect_database, self.stopping, _backoff()
+            "database_connect", partial(open_pool, s), self.stopping, _backoff()
         )
         if pool is None:
             return
@@ -178,7 +179,7 @@ class ConsumerService:
         )
         self.pipeline = BatchPipeline(parser, self.writer, self.metrics, overlap=s.consumer_overlap)
         producer = await retry_until_stopped(
-            "broker_connect", self._start_producer, self.stopping, _backoff()
+            "broker_connect", partial(start_producer, s), self.stopping, _backoff()
         )
         if producer is None:
             return
@@ -196,15 +197,6 @@ class ConsumerService:
         self._set_ready()
         self.started.set()
         log.info("consumer_started", topics=list(s.topics.billing))
-
-    async def _connect_database(self) -> asyncpg.Pool:
-        pool: asyncpg.Pool = await create_pool(
-            self.settings.database_url, size=self.settings.db_pool_size
-        )
-        return pool
-
-    async def _start_producer(self) -> AIOKafkaProducer:
-        return await start_producer(self.settings)
 
     async def _start_broker(self) -> bool:
         """FastStream's broker and subscriber; a failed start is undone before the retry."""
