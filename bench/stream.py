@@ -1,7 +1,7 @@
 """A reproducible, realistic mixed billing stream and the state it must produce.
 
 Everything the consumer's final state is checked against is computed here from
-the generator's own facts (an independent reading of docs/rules.md: the program, not the
+the generator's own facts (an independent reading of docs/rules.md, not the
 consumer's code), so a fast wrong answer fails the benchmark.
 
 Mix of the messages of a stream of ``M`` (defaults, :class:`Mix`):
@@ -157,7 +157,7 @@ def referrer_events(n: int, seed: int = 7) -> list[dict[str, Any]]:
 
 
 def normalise(code: str) -> str | None:
-    """docs/rules.md: the program normalisation (independent of the consumer's): None when malformed."""
+    """Code normalisation as docs/rules.md states it (not the consumer's): None when malformed."""
     text = code.replace(" ", "").replace("-", "").upper()
     text = text.replace("O", "0").replace("I", "1").replace("L", "1")
     if len(text) != 8 or any(c not in ALPHABET for c in text):
@@ -437,7 +437,7 @@ def _expected_referrals(
     invoices: dict[str, list[tuple[int, str, int, str]]],
     referrer_customer: dict[str, tuple[str, str, str]],
 ) -> dict[str, ExpectedReferral]:
-    """docs/rules.md: the program attribution and eligibility over the generated facts."""
+    """Attribution and eligibility as docs/rules.md states them, over the generated facts."""
     by_account: dict[str, list[_Sub]] = {}
     for sub in subs:
         by_account.setdefault(sub.account, []).append(sub)

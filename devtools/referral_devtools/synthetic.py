@@ -1,4 +1,4 @@
-"""Builders of realistic billing events (the wire form of docs/rules.md), for the demo, benchmarks and tests."""
+"""Realistic billing events in their wire form (docs/rules.md), for the demo, bench and tests."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""HTTP read API (README: commands), behind ``Authorization: Bearer $API_TOKEN``.
+"""HTTP read API (see the README), behind ``Authorization: Bearer $API_TOKEN``.
 
 ``GET /v1/codes/{code}``
     For the sign-up page: 200 ``{"valid": true, "code", "account_id",

@@ -4,7 +4,7 @@ The state is a pure function of the facts, never of their arrival order, so a
 batch can recompute it for every touched account and write the result.
 
 Once the referee has a first payment, eligibility is judged only on facts with
-business time before the start of ``eligible_on`` (docs/rules.md: which facts count): later facts
+business time before the start of ``eligible_on`` (docs/rules.md, money rules): later facts
 cannot change a referral whose cash is due. Before that, all facts count.
 """
 

@@ -194,6 +194,6 @@ def _ended_by(
     if effective_at is None:
         return False
     if cancelled_at is not None and cancelled_at >= instant:
-        # Cancelled on or after the eligibility instant: a later fact, ignored (docs/rules.md: which facts count).
+        # Cancelled on or after the eligibility instant: a later fact, ignored (docs/rules.md).
         return False
     return effective_at <= instant

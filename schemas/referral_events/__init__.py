@@ -1,4 +1,4 @@
-"""The wire contract of the referral program (docs/rules.md: the event contract), version 1.
+"""The wire contract of the referral program (docs/rules.md), version 1.
 
 Inbound events come from billing; outbound events are published by this project.
 Every model ignores unknown fields (forward compatible) and rejects a

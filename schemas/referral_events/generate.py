@@ -1,4 +1,4 @@
-"""Write the JSON Schema files and the AsyncAPI document from the models (docs/rules.md: the event contract).
+"""Write the JSON Schema files and the AsyncAPI document from the models (docs/rules.md).
 
     python -m referral_events.generate            # rewrite schemas/ in place
     python -m referral_events.generate --check    # exit 1 if what is committed is stale

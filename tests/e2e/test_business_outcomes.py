@@ -1,4 +1,4 @@
-"""docs/rules.md: bad input through the real consumer process: facts are applied, and what is unknown is counted.
+"""Bad input through the real consumer process: facts are applied, what is unknown is counted.
 
 A malformed or over-long ``referral_code`` is advisory: the subscription (and so the
 account's payments and cancellation) is applied, the code recorded as malformed. An

@@ -1,4 +1,4 @@
-"""The consumer on the real broker and the real Postgres: docs/rules.md: the program outcomes end to end."""
+"""The consumer on the real broker and the real Postgres: the program's outcomes end to end."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""docs/rules.md: the program: a cancellation after ``payout.due`` was emitted claws nothing back, but is recorded.
+"""A cancellation after ``payout.due`` was emitted claws nothing back, but is recorded.
 
 Real broker and Postgres: billing events through the consumer, the decision by a real
 ``payout-scheduler tick`` process, the payout read back from its topic.

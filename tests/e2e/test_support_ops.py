@@ -424,7 +424,7 @@ async def test_partner_set_and_unset_recompute_undecided_referrals(
     settings: Settings, db: asyncpg.Connection, run_cli: Cli
 ) -> None:
     # referee-1 has not paid yet: the flag as it is now counts. paid-1 first paid in
-    # March 2026, so its eligible_on (2026-06-01) passed before today's flag (docs/rules.md: which facts count).
+    # March 2026, so its eligible_on (2026-06-01) passed before today's flag.
     code = await referrer_and_referee(db, settings, paid=False)
     await referrer_and_referee(db, settings, "paid-1")
     await feed(

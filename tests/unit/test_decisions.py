@@ -205,7 +205,7 @@ def test_eligibility_is_judged_at_local_midnight_not_utc_midnight() -> None:
 def test_a_cancellation_recorded_at_or_after_eligibility_is_ignored(
     cancelled_at: datetime,
 ) -> None:
-    # Even one backdated to take effect before eligible_on: it is a later fact (docs/rules.md: which facts count).
+    # Even one backdated to take effect before eligible_on: it is a later fact.
     backdated = datetime(2027, 3, 20, tzinfo=UTC)
     referral = facts(cancelled(VR, at=cancelled_at, effective=backdated))
     decision = decided(referral)

@@ -1,4 +1,4 @@
-"""docs/rules.md: which facts count: facts dated at or after the start of eligible_on never change a referral.
+"""Facts dated at or after the start of eligible_on never change a referral (docs/rules.md).
 
 The referral state (status, reason) the consumer derives and the payout the
 scheduler decides from it are computed on a referral's facts, then again with

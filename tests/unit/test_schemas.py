@@ -1,4 +1,4 @@
-"""The wire contract (docs/rules.md: the event contract): the v1 models and the files generated from them.
+"""The wire contract (docs/rules.md): the v1 models and the files generated from them.
 
 The committed JSON Schema files and AsyncAPI document must be what the
 generator writes today; the inbound models must accept what billing may send
@@ -47,7 +47,7 @@ OUTBOUND: list[type[Envelope]] = [PayoutDue, ReferralCodeAssigned, ReferralCredi
 INBOUND: list[type[Envelope]] = [SubscriptionCreated, InvoicePaid, SubscriptionCancelled]
 
 
-# --- realistic payloads (the envelope of docs/rules.md) ---------------------------------------------
+# --- realistic payloads in the envelope ------------------------------------------------
 
 SUBSCRIPTION_CREATED: dict[str, Any] = {
     "event_id": "9b2d4c61-0f3a-4e8b-b1d7-5a6c2e9f0a13",

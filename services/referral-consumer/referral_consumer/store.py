@@ -189,7 +189,7 @@ async def _count_unknown_references(
     cancellations: list[asyncpg.Record],
     result: BatchResult,
 ) -> None:
-    """docs/rules.md: bad input: a reference to something unknown is a business outcome, applied and counted.
+    """A reference to something unknown is a business outcome, applied and counted (docs/rules.md).
 
     Counted once, when the invoice or cancellation is first applied, against what is
     known then: one that arrives before its account's ``subscription.created`` counts
