@@ -12,26 +12,16 @@ from __future__ import annotations
 
 import hashlib
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
 from referral_program import calendar
+from referral_program.compared_facts import COMPARED_FACTS, ComparedFact
 from referral_program.table import QUALIFYING_FAMILIES, Ineligible, Status
 
 REFERRAL_NAMESPACE = uuid.UUID("0b8f6f5e-8f0c-4d8e-a6a1-5f3d2c9e7b41")
-
-#: Webmail domains shared by unrelated people; sharing one proves nothing.
-PUBLIC_EMAIL_DOMAINS = frozenset(
-    {
-        "gmail.com", "googlemail.com", "yahoo.com", "ymail.com", "outlook.com", "hotmail.com",
-        "live.com", "msn.com", "icloud.com", "me.com", "mac.com", "aol.com", "protonmail.com",
-        "proton.me", "gmx.com", "gmx.net", "mail.com", "yandex.com", "zoho.com", "fastmail.com",
-        "hey.com", "tutanota.com", "comcast.net", "verizon.net", "att.net", "sbcglobal.net",
-    }
-)  # fmt: skip
-
 
 #: A partner flag's period, ``[since, until)``; ``None`` is unbounded (set before records
 #: began, or still set).
@@ -188,12 +178,9 @@ def _ineligibility(
 ) -> Ineligible | None:
     if touch.referrer_account_id == touch.account_id:
         return Ineligible.SELF_REFERRAL
-    if _shared(referee_subscriptions, referrer_subscriptions, lambda s: s.organization_id):
-        return Ineligible.SAME_ORGANIZATION
-    if _shared(referee_subscriptions, referrer_subscriptions, lambda s: s.payment_fingerprint_hash):
-        return Ineligible.SHARED_PAYMENT_METHOD
-    if _shared(referee_subscriptions, referrer_subscriptions, _private_domain):
-        return Ineligible.SAME_EMAIL_DOMAIN
+    for fact in COMPARED_FACTS:
+        if _shared(referee_subscriptions, referrer_subscriptions, fact):
+            return fact.reason
     if not touch.first_time_client or any(i.paid_at < touch.created_at for i in referee_paid):
         return Ineligible.EXISTING_CLIENT
     if referrer_is_partner:
@@ -201,15 +188,9 @@ def _ineligibility(
     return None
 
 
-def _private_domain(subscription: SubscriptionFact) -> str | None:
-    domain = subscription.email_domain
-    return None if domain is None or domain in PUBLIC_EMAIL_DOMAINS else domain
-
-
 def _shared(
-    ours: list[SubscriptionFact],
-    theirs: list[SubscriptionFact],
-    attribute: Callable[[SubscriptionFact], str | None],
+    ours: list[SubscriptionFact], theirs: list[SubscriptionFact], fact: ComparedFact
 ) -> bool:
-    mine = {value for s in ours if (value := attribute(s)) is not None}
-    return any(attribute(s) in mine for s in theirs)
+    """Do both sides hold the same value of ``fact`` (one that proves something)?"""
+    mine = {value for s in ours if (value := fact.comparable(getattr(s, fact.column))) is not None}
+    return bool(mine) and any(getattr(s, fact.column) in mine for s in theirs)

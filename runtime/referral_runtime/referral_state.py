@@ -50,6 +50,7 @@ from referral_program.attribution import (
     attributing_subscription,
     referral_state,
 )
+from referral_program.compared_facts import COMPARED_COLUMNS
 from referral_runtime.db import Conn
 from referral_runtime.outbox import OutboxMessage
 from referral_runtime.settings import Settings
@@ -95,28 +96,28 @@ class ComparedFacts:
 
     account_id: str
     created_at: datetime
-    organization_id: str | None
-    payment_fingerprint_hash: str | None
-    private_email_domain: str | None  # None for a public mail domain
+    #: The values of ``compared_facts.COMPARED_FACTS``, in their order; ``None`` where the
+    #: subscription has none, or one that proves nothing (a public mail domain).
+    values: tuple[str | None, ...]
 
 
 # Facts are only ever added, so a value an account already had at the same business
 # time or earlier stays: a subscription that brings no value earlier than the account
 # already had it changes nothing its referees are compared with (whatever their cut-off).
+# One clause per compared fact, from the program's table (its column names are ours, not input).
 _NEW_COMPARED_FACTS = """
 select distinct n.account_id
-from unnest($1::text[], $2::timestamptz[], $3::text[], $4::text[], $5::text[])
-    as n(account_id, created_at, org, fp, domain)
-where (n.org is not null and not exists (select 1 from subscriptions s
-           where s.account_id = n.account_id and s.organization_id = n.org
-             and s.created_at <= n.created_at))
-   or (n.fp is not null and not exists (select 1 from subscriptions s
-           where s.account_id = n.account_id and s.payment_fingerprint_hash = n.fp
-             and s.created_at <= n.created_at))
-   or (n.domain is not null and not exists (select 1 from subscriptions s
-           where s.account_id = n.account_id and s.email_domain = n.domain
-             and s.created_at <= n.created_at))
-"""
+from unnest($1::text[], $2::timestamptz[], {arrays}) as n(account_id, created_at, {columns})
+where {clauses}
+""".format(
+    arrays=", ".join(f"${i}::text[]" for i in range(3, 3 + len(COMPARED_COLUMNS))),
+    columns=", ".join(COMPARED_COLUMNS),
+    clauses="\n   or ".join(
+        f"(n.{c} is not null and not exists (select 1 from subscriptions s"
+        f" where s.account_id = n.account_id and s.{c} = n.{c} and s.created_at <= n.created_at))"
+        for c in COMPARED_COLUMNS
+    ),
+)
 
 
 async def lock_for_writing(
@@ -141,9 +142,7 @@ async def lock_for_writing(
             _NEW_COMPARED_FACTS,
             [c.account_id for c in compared],
             [c.created_at for c in compared],
-            [c.organization_id for c in compared],
-            [c.payment_fingerprint_hash for c in compared],
-            [c.private_email_domain for c in compared],
+            *([c.values[i] for c in compared] for i in range(len(COMPARED_COLUMNS))),
         )
         changed = {r["account_id"] for r in rows}
     await lock_accounts(conn, changed, "update")

@@ -20,7 +20,8 @@ from typing import Any
 from referral_consumer.ingest import DeadLetter, Parsed
 from referral_events import InvoicePaid, SubscriptionCancelled, SubscriptionCreated
 from referral_program import codes
-from referral_program.attribution import PUBLIC_EMAIL_DOMAINS, email_domain, fingerprint_hash
+from referral_program.attribution import email_domain, fingerprint_hash
+from referral_program.compared_facts import COMPARED_FACTS
 from referral_runtime.referral_state import ComparedFacts
 
 #: ``subscriptions.code_state`` of a sign-up without a code, with one that cannot be a code
@@ -102,31 +103,18 @@ class SubscriptionColumns:
         self.organization_id.append(customer.organization_id)
         self.payment_fingerprint_hash.append(fingerprint_hash(customer.payment_fingerprint))
         # A referrer's new subscription changes its referees only through what the
-        # eligibility rules compare (organization, payment method, private domain).
-        self.compared.append(
-            bool(customer.organization_id or customer.payment_fingerprint)
-            or (domain is not None and domain not in PUBLIC_EMAIL_DOMAINS)
-        )
+        # eligibility rules compare (compared_facts.COMPARED_FACTS).
+        self.compared.append(any(v is not None for v in self._compared_values(-1)))
+
+    def _compared_values(self, index: int) -> tuple[str | None, ...]:
+        """The compared facts of the subscription at ``index``, as they prove something."""
+        return tuple(fact.comparable(getattr(self, fact.column)[index]) for fact in COMPARED_FACTS)
 
     def compared_facts(self) -> list[ComparedFacts]:
         """What the batch's subscriptions bring that referees of their accounts are compared with."""
         return [
-            ComparedFacts(
-                account,
-                created_at,
-                org,
-                fp,
-                domain if domain is not None and domain not in PUBLIC_EMAIL_DOMAINS else None,
-            )
-            for account, created_at, org, fp, domain, compared in zip(
-                self.account_id,
-                self.created_at,
-                self.organization_id,
-                self.payment_fingerprint_hash,
-                self.email_domain,
-                self.compared,
-                strict=True,
-            )
+            ComparedFacts(self.account_id[i], self.created_at[i], self._compared_values(i))
+            for i, compared in enumerate(self.compared)
             if compared
         ]
 
