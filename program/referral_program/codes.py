@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Callable
 
 ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
@@ -9,6 +10,22 @@ CODE_LENGTH = 8
 _ALLOWED = frozenset(ALPHABET)
 # Crockford's decoding table: letters people confuse with digits.
 _CONFUSABLE = str.maketrans({"O": "0", "I": "1", "L": "1"})
+# What a person types between or around the symbols, read as nothing (docs/rules.md,
+# referral codes): every whitespace character (str.isspace), every dash (Unicode's Dash
+# property: category Pd, plus the swung dash and the minus sign, which NFKC leaves as they
+# are; it turns superscript and subscript minus into the minus sign) and every invisible
+# format character (category Cf: soft hyphen, zero-width space, byte-order mark, direction marks).
+_OTHER_DASHES = frozenset("\u2053\u2212")
+_DROPPED_CATEGORIES = frozenset({"Pd", "Cf"})
+_ASCII_DROPPED = str.maketrans(
+    "", "", "".join(c for c in map(chr, range(128)) if c.isspace() or c == "-")
+)
+
+
+def _typed_between(char: str) -> bool:
+    return (
+        char.isspace() or char in _OTHER_DASHES or unicodedata.category(char) in _DROPPED_CATEGORIES
+    )
 
 
 class InvalidCode(ValueError):
@@ -16,13 +33,18 @@ class InvalidCode(ValueError):
 
 
 def normalise(raw: str) -> str:
-    """Canonical stored form of a code typed by a person: ``" abcd-efgh "`` -> ``"ABCDEFGH"``.
+    """Canonical stored form of a code typed by a person: ``" abcd–efgh\\n"`` -> ``"ABCDEFGH"``.
 
-    Spaces and hyphens are dropped, case is folded, ``O`` reads as ``0`` and
-    ``I``/``L`` as ``1``. Raises :class:`InvalidCode` when the result is not
-    eight symbols of the alphabet (``U`` is never valid).
+    The text is put in Unicode NFKC form (full-width letters become ASCII), every
+    whitespace, dash and invisible format character is dropped, case is folded,
+    ``O`` reads as ``0`` and ``I``/``L`` as ``1``. Raises :class:`InvalidCode` when
+    the result is not eight symbols of the alphabet (``U`` is never valid).
     """
-    text = raw.replace(" ", "").replace("-", "").upper().translate(_CONFUSABLE)
+    if raw.isascii():  # what nearly everyone types: NFKC would change nothing
+        text = raw.translate(_ASCII_DROPPED)
+    else:
+        text = "".join(c for c in unicodedata.normalize("NFKC", raw) if not _typed_between(c))
+    text = text.upper().translate(_CONFUSABLE)
     if len(text) != CODE_LENGTH:
         raise InvalidCode(f"a referral code has {CODE_LENGTH} symbols, this one has {len(text)}")
     bad = sorted(set(text) - _ALLOWED)

@@ -14,6 +14,14 @@ from referral_program import codes
         ("abcd efgh", "ABCDEFGH"),
         (" 0o1i-lL23 ", "00111123"),  # O -> 0, I/L -> 1
         ("7k9m-2xpz", "7K9M2XPZ"),
+        ("abcd–efgh\n", "ABCDEFGH"),  # en dash, trailing newline
+        ("\u00a0abcd\u2014efgh\u00a0", "ABCDEFGH"),  # non-breaking spaces, em dash
+        ("abcd\u2212efgh", "ABCDEFGH"),  # minus sign
+        ("ａｂｃｄ－ｅｆｇｈ", "ABCDEFGH"),  # full width (NFKC)
+        (
+            "\ufeffab\u200bcd\u00adefgh",
+            "ABCDEFGH",
+        ),  # byte-order mark, zero-width space, soft hyphen
     ],
 )
 def test_normalise_accepts_what_people_type(raw: str, expected: str) -> None:
@@ -28,6 +36,9 @@ def test_normalise_accepts_what_people_type(raw: str, expected: str) -> None:
         ("ABCU-EFGH", "U"),  # U is never a Crockford symbol
         ("AB!D-EFGH", "!"),
         ("", "has 0"),
+        ("AB_D-EFGH", "_"),  # an underscore is not a dash
+        ("AB.D-EFGH", "."),
+        ("AB\u0000D-EFGH", "\u0000"),
     ],
 )
 def test_normalise_rejects_with_a_reason(raw: str, message: str) -> None:
@@ -59,3 +70,38 @@ def test_generate_uses_all_forty_bits() -> None:
     seen = {codes.generate(rng.getrandbits) for _ in range(2000)}
     assert len(seen) == 2000
     assert {c[0] for c in seen} == set(codes.ALPHABET)
+
+
+# What people put between and around the symbols, written out here rather than taken
+# from codes.py: Unicode spaces, line and paragraph separators, dashes and invisible format
+# characters, the other characters Python counts as whitespace, and dash-like signs.
+DECORATIONS = st.one_of(
+    st.characters(categories=["Zs", "Zl", "Zp", "Pd", "Cf"]),
+    st.sampled_from(
+        ["\t", "\n", "\r", "\x0b", "\x0c", "\x1c", "\x1d", "\x1e", "\x1f", "\x85",
+         "-", "\u2212", "\u2053", "\u207b", "\u208b", "\u2011"]
+    ),
+)  # fmt: skip
+FULL_WIDTH = 0xFEE0  # U+FF01..U+FF5E: full-width forms of ASCII '!'..'~'
+
+
+@st.composite
+def as_typed(draw: st.DrawFn, symbol: str) -> str:
+    """One symbol as a person may type it: either case, a confusable letter, full width."""
+    spellings = {"0": "0Oo", "1": "1IiLl"}.get(symbol, symbol + symbol.lower())
+    typed = draw(st.sampled_from(spellings))
+    return chr(ord(typed) + FULL_WIDTH) if draw(st.booleans()) else typed
+
+
+@given(
+    code=st.text(alphabet=codes.ALPHABET, min_size=8, max_size=8),
+    data=st.data(),
+)
+def test_any_code_decorated_as_people_type_it_normalises_to_itself(
+    code: str, data: st.DataObject
+) -> None:
+    def around() -> str:
+        return "".join(data.draw(st.lists(DECORATIONS, max_size=3)))
+
+    decorated = "".join(around() + data.draw(as_typed(symbol)) for symbol in code) + around()
+    assert codes.normalise(decorated) == code
