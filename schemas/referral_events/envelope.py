@@ -76,6 +76,13 @@ def nonblank(value: str) -> str:
     return value
 
 
+def storable_identifier(value: str) -> str:
+    """An identifier the rules read: not blank, and without a NUL (Postgres cannot store one)."""
+    if "\x00" in value:
+        raise ValueError("contains a NUL character (\\u0000), which cannot be stored")
+    return nonblank(value)
+
+
 def json_bytes(model: BaseModel, **extra: Any) -> bytes:
     """Serialise an outbound model to the wire form (UTF-8 JSON)."""
     return model.model_dump_json(**extra).encode()

@@ -9,20 +9,16 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Protocol, TypeAlias
+from typing import Protocol
 
 from pydantic import ValidationError
 
+from referral_consumer.free_text import Amendment, BillingEvent, amend
 from referral_events import (
     INBOUND_EVENT_TYPES,
     SUPPORTED_SCHEMA_VERSION,
     DeadLetterReason,
-    InvoicePaid,
-    SubscriptionCancelled,
-    SubscriptionCreated,
 )
-
-BillingEvent: TypeAlias = SubscriptionCreated | InvoicePaid | SubscriptionCancelled
 
 
 class Record(Protocol):
@@ -47,6 +43,8 @@ class Parsed:
     #: The currency of a billing event (``subscription.created``, ``invoice.paid``) that is
     #: not the program's; the event is applied as usual and only counted.
     foreign_currency: str | None = None
+    #: What was cut or cleaned in the event's free text (``free_text.amend``); counted.
+    amended: tuple[Amendment, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -64,18 +62,16 @@ def parse_record(
 ) -> Parsed | DeadLetter:
     """Validate one record against the model its topic carries.
 
-    Only what makes the message as a whole untrustworthy dead-letters it; an
-    advisory field that is wrong (a malformed ``referral_code``) does not, and a
-    currency other than ``program_currency`` is only noted on the result.
+    Only what makes the message as a whole untrustworthy, or a field the rules
+    read that is wrong, dead-letters it. An advisory field that is wrong (a
+    malformed ``referral_code``) does not; free text that cannot be stored as it
+    is (a NUL, over its limit) is cut or cleaned and noted on the result, and so
+    is a currency other than ``program_currency``.
     """
     value = record.value or b""
     if len(value) > max_bytes:
         return DeadLetter(
             record, DeadLetterReason.OVERSIZED, f"{len(value)} bytes > limit of {max_bytes}"
-        )
-    if b"\\u0000" in value:
-        return DeadLetter(
-            record, DeadLetterReason.INVALID, "contains a NUL character (\\u0000), not storable"
         )
     expected = topic_types[record.topic]
     model = INBOUND_EVENT_TYPES[expected]
@@ -83,9 +79,10 @@ def parse_record(
         event = model.model_validate_json(value)
     except ValidationError as exc:
         return DeadLetter(record, *_classify(exc, value, expected))
+    event, amended = amend(event)
     currency = getattr(event.data, "currency", None)
     foreign = currency if program_currency and currency and currency != program_currency else None
-    return Parsed(record, event, foreign)
+    return Parsed(record, event, foreign, amended)
 
 
 def _classify(exc: ValidationError, value: bytes, expected: str) -> tuple[DeadLetterReason, str]:

@@ -54,6 +54,15 @@ class ConsumerMetrics:
             ["currency"],
             registry=registry,
         )
+        self.free_text = Counter(
+            "referrals_consumer_free_text_amended",
+            "Applied events whose free text (a plan id, a cancellation reason, an email's "
+            "local part) could not be stored as it was: action=nul_removed (NUL characters "
+            "removed) or cut (cut to its limit; an email to its domain). The event is applied; "
+            "free text never dead-letters a money fact",
+            ["event_type", "field", "action"],
+            registry=registry,
+        )
         self.batch_size = Histogram(
             "referrals_consumer_batch_size",
             "Messages per processed batch",

@@ -52,6 +52,8 @@ class BatchResult:
     unknown_references: Counter[tuple[str, str]] = field(default_factory=Counter)  # (type, kind)
     #: Applied billing events in a currency other than the program's, by that currency.
     foreign_currency: Counter[str] = field(default_factory=Counter)
+    #: Free text cut or cleaned in applied events: (event type, field, action).
+    free_text: Counter[tuple[str, str, str]] = field(default_factory=Counter)
     attributions: Counter[tuple[str, str]] = field(default_factory=Counter)  # (status, reason)
     codes_assigned: int = 0
     credits: int = 0
@@ -95,6 +97,8 @@ async def apply_batch(
     for p in result.applied_events:
         if p.foreign_currency:
             result.foreign_currency[p.foreign_currency] += 1
+        for amendment in p.amended:
+            result.free_text[(p.event.event_type, *amendment)] += 1
     outbox += await _legacy_credits(conn, new_invoices, out, result)
     fresh = [
         (account, compared)

@@ -150,9 +150,18 @@ class BatchWriter:
         m.observe_references(result.unknown_references, result.foreign_currency)
         for (status, reason), n in result.attributions.items():
             m.attributions.labels(status, reason).inc(n)
+        for (event_type, field, action), n in result.free_text.items():
+            m.free_text.labels(event_type, field, action).inc(n)
         now = datetime.now(UTC)
         for p in result.applied_events:
             m.event_age.observe(max(0.0, (now - p.event.occurred_at).total_seconds()))
+            for amendment in p.amended:  # the field and what was done, never the text
+                log.warning(
+                    "free_text_amended",
+                    field=amendment.field,
+                    action=amendment.action,
+                    **record_fields(p.record, str(p.event.event_id)),
+                )
         for d in result.dead_letters:
             log.warning(
                 "message_dead_lettered",
@@ -169,6 +178,7 @@ def _merge(a: BatchResult, b: BatchResult) -> BatchResult:
     a.unknown_codes.update(b.unknown_codes)
     a.unknown_references.update(b.unknown_references)
     a.foreign_currency.update(b.foreign_currency)
+    a.free_text.update(b.free_text)
     a.attributions.update(b.attributions)
     a.codes_assigned += b.codes_assigned
     a.credits += b.credits
