@@ -234,3 +234,17 @@ async def referral_status(db: asyncpg.Connection, referee: str) -> tuple[str, st
     )
     assert row is not None, f"{referee} was not referred"
     return row["status"], row["reason"]
+
+
+async def consumed_reaches(db: asyncpg.Connection, n: int, timeout: float = 60) -> None:
+    """Wait until ``n`` distinct messages were consumed: applied or dead-lettered."""
+
+    async def consumed() -> bool:
+        return bool(
+            await db.fetchval(
+                "select (select count(*) from inbox) + (select count(*) from dead_letters)"
+            )
+            >= n
+        )
+
+    await wait_for(consumed, timeout=timeout)
