@@ -157,11 +157,22 @@ def cmd_code_revoke(args: argparse.Namespace) -> int:
             actor=actor,
             out=Outbound.from_settings(settings),
             randbits=secrets.randbits,
+            tz=settings.tz,
         )
         report = (
             f"code {codes.display(done.code)} of account {done.account_id} revoked "
-            f"(was {done.was}): it attributes nothing from now on"
+            f"(was {done.was}): it attributes no sign-up made from now on"
         )
+        if done.withdrawn:
+            report += (
+                f"\n{len(done.withdrawn)} sign-ups made since then no longer attribute: "
+                + ", ".join(done.withdrawn)
+                + (
+                    f" ({len(done.unreferred)} of them now have no referral)"
+                    if done.unreferred
+                    else ""
+                )
+            )
         if done.replacement:
             link = codes.link(settings.referral_link_base, done.replacement)
             report += (
@@ -467,7 +478,7 @@ def _add_support_commands(sub: Subcommands) -> None:
     rotate.add_argument("--account", required=True, help="the account whose code to rotate")
     rotate.set_defaults(func=_guarded(cmd_code_rotate))
     revoke = code_sub.add_parser(
-        "revoke", parents=[audited], help="the code attributes nothing from now on"
+        "revoke", parents=[audited], help="the code attributes no sign-up made from now on"
     )
     revoke.add_argument("--code", required=True, help="the code, e.g. ABCD-EFGH")
     revoke.add_argument("--account", help="the owner, as a check against typos")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from zoneinfo import ZoneInfo
 
 import asyncpg
 import asyncpg.pool
@@ -23,6 +24,7 @@ from referral_runtime.outbox import enqueue
 from referral_runtime.referral_state import (
     Outbound,
     code_assigned_message,
+    reattribute,
 )
 
 #: A 40-bit code collides rarely; this many misses in a row means ``randbits`` is broken.
@@ -91,6 +93,23 @@ class CodeRevoked:
     code: str  # stored form
     was: str  # "active" or "alias"
     replacement: str | None  # the new active code when the active one was revoked
+    #: Referees whose sign-up with the code, dated at or after the revocation, had been
+    #: consumed before it: the code no longer attributes them.
+    withdrawn: tuple[str, ...] = ()
+    #: Of those, the ones left with no referral (the others are attributed by another code).
+    unreferred: tuple[str, ...] = ()
+
+
+# Sign-ups dated at or after the revocation that were consumed before it no longer attribute
+# (the consumer resolves later arrivals the same way: referral_consumer.plan.INSERT_SUBSCRIPTIONS).
+# Through the referrer index: a code attributes only to its owner.
+_WITHDRAW_LATER_SIGNUPS = """
+update subscriptions s set code_outcome = 'revoked', referrer_account_id = null
+from referral_codes c
+where c.code = $1 and s.referrer_account_id = c.account_id and s.referral_code = c.code
+  and s.created_at >= c.retired_at
+returning s.account_id
+"""
 
 
 async def revoke_code(
@@ -101,13 +120,19 @@ async def revoke_code(
     actor: str,
     out: Outbound,
     randbits: Callable[[int], int],
+    tz: ZoneInfo,
 ) -> CodeRevoked:
-    """Revoke a code so it attributes nothing from now on.
+    """Revoke a code so it attributes no sign-up made from now on.
+
+    Revocation counts from this instant in business time (docs/rules.md, referral
+    codes): a sign-up dated before it still attributes, however late it is consumed,
+    and one dated at or after it does not, even if it was consumed before; such
+    sign-ups are withdrawn here and their referrals recomputed (``tz``: the program
+    time zone). Decided referrals are history and keep their attribution.
 
     ``account_id``, when given, must own the code (a guard against typos).
     Revoking the active code gives the account a new one, announced with
     ``replaces`` = the revoked code: an account always has one usable code.
-    Referrals already made with the code keep their attribution.
     """
     code = parse_code(raw_code)
     if account_id is not None:
@@ -137,6 +162,11 @@ async def revoke_code(
             "update referral_codes set status = 'revoked', retired_at = now() where code = $1",
             code,
         )
+        withdrawn = sorted(
+            {r["account_id"] for r in await conn.fetch(_WITHDRAW_LATER_SIGNUPS, code)}
+        )
+        # The owner is held FOR UPDATE: no batch recomputes one of its referees meanwhile.
+        redone = await reattribute(conn, withdrawn, held={owner}, tz=tz)
         replacement = None
         if row["status"] == "active":
             replacement = await _new_active_code(conn, owner, randbits)
@@ -150,6 +180,8 @@ async def revoke_code(
                 "code": shown,
                 "was": row["status"],
                 "replacement": codes.display(replacement) if replacement else None,
+                "withdrawn": withdrawn,
+                "unreferred": list(redone.forgotten),
             },
         )
-    return CodeRevoked(owner, code, row["status"], replacement)
+    return CodeRevoked(owner, code, row["status"], replacement, tuple(withdrawn), redone.forgotten)

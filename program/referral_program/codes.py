@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import unicodedata
 from collections.abc import Callable
+from datetime import datetime
 
 ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 CODE_LENGTH = 8
@@ -77,3 +78,14 @@ def generate(randbits: Callable[[int], int]) -> str:
     """A new random code from ``randbits`` (e.g. ``secrets.randbits``): 40 bits of entropy."""
     value = randbits(5 * CODE_LENGTH)
     return "".join(ALPHABET[(value >> (5 * i)) & 31] for i in range(CODE_LENGTH))
+
+
+def attributes(revoked_at: datetime | None, signed_up_at: datetime) -> bool:
+    """Does a known code attribute a sign-up made at ``signed_up_at`` (business time)?
+
+    A code revoked at ``revoked_at`` (``None``: never revoked) attributes the sign-ups
+    made before that instant, however late they arrive, and none made from then on.
+    The consumer applies this when it records a sign-up, and a revocation to the
+    sign-ups already recorded, so the outcome does not depend on which came first.
+    """
+    return revoked_at is None or signed_up_at < revoked_at

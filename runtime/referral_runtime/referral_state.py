@@ -78,7 +78,6 @@ where s.referrer_account_id is not null
 union
 select c.account_id
 from unnest($2::text[]) as x(code) join referral_codes c using (code)
-where c.status <> 'revoked'
 """
 
 
@@ -347,3 +346,48 @@ async def recompute_referrals(
     )
     changed.update((row["status"], row["reason"] or "") for row in rows)
     return changed
+
+
+# A referee none of whose subscriptions attributes any more (a revocation withdrew the only
+# one) is not referred: its undecided referral row goes. A decided one is history and stays.
+_FORGET_UNREFERRED = """
+delete from referrals r
+using unnest($1::text[]) as w(account_id)
+where r.referee_account_id = w.account_id
+  and not exists (select 1 from subscriptions s
+                  where s.account_id = w.account_id and s.referrer_account_id is not null)
+  and not exists (select 1 from payouts p where p.referral_id = r.referral_id)
+returning r.referee_account_id
+"""
+
+
+@dataclass(frozen=True)
+class Reattributed:
+    """What re-resolving some referees' codes did to their referral rows."""
+
+    forgotten: tuple[str, ...]  # referees no longer referred: their undecided rows removed
+    changed: Counter[tuple[str, str]]  # (status, reason) of rows created or changed
+
+
+async def reattribute(
+    conn: Conn, referees: Collection[str], *, held: Collection[str], tz: ZoneInfo
+) -> Reattributed:
+    """Recompute the referrals of ``referees`` after their subscriptions' code outcomes changed.
+
+    The caller holds ``FOR UPDATE`` on the accounts in ``held`` (the owner of the code it
+    changed), which every transaction recomputing a referee of theirs waits for. The
+    referees' other referrers are locked ``FOR KEY SHARE`` here, as a batch does, so
+    that a partner flag or a compared fact changed on one of them meanwhile is ordered
+    with this recomputation. Decided referrals are left as they are.
+    """
+    if not referees:
+        return Reattributed((), Counter())
+    referrers = {r["account_id"] for r in await conn.fetch(_REFERRERS, sorted(referees), [])}
+    await lock_accounts(conn, referrers - set(held), "key share")
+    forgotten = tuple(
+        sorted(
+            r["referee_account_id"] for r in await conn.fetch(_FORGET_UNREFERRED, sorted(referees))
+        )
+    )
+    changed = await recompute_referrals(conn, sorted(set(referees) - set(forgotten)), [], tz=tz)
+    return Reattributed(forgotten, changed)

@@ -118,7 +118,9 @@ async def test_code_lookup_for_the_sign_up_page(
     out = Outbound.from_settings(settings)
     await code_changes.rotate_code(db, "ref-1", actor="t", out=out, randbits=secrets.randbits)
     second = await active_code(db, "ref-1")
-    await code_changes.revoke_code(db, second, actor="t", out=out, randbits=secrets.randbits)
+    await code_changes.revoke_code(
+        db, second, actor="t", out=out, randbits=secrets.randbits, tz=settings.tz
+    )
 
     typed = codes.display(first).lower().replace("-", " ").replace("0", "o")
     alias = await call(api, "/v1/codes/" + typed.replace(" ", "%20"))

@@ -262,14 +262,25 @@ async def test_revoking_the_active_code_replaces_it_and_it_attributes_nothing(
     assert (audit["action"], audit["subject"], audit["details"]) == (
         "code.revoke",
         "ref-1",
-        {"code": codes.display(old), "was": "active", "replacement": codes.display(new)},
+        {
+            "code": codes.display(old),
+            "was": "active",
+            "replacement": codes.display(new),
+            "withdrawn": [],
+            "unreferred": [],
+        },
     )
 
+    # A sign-up made after the revocation (business time) attributes nothing.
     await feed(
         db,
         settings,
         bill.subscription_created(
-            "late", "s-late", "virtual_receptionist", T0 + timedelta(days=2), code=old
+            "late",
+            "s-late",
+            "virtual_receptionist",
+            datetime.now(UTC) + timedelta(days=2),
+            code=old,
         ),
     )
     row = await db.fetchrow(
@@ -901,7 +912,7 @@ async def test_rotation_and_revocation_with_the_running_consumer(
         second = await active_code(db, "ref")
         assert (await run_cli("code", "revoke", "--code", second)).status == 0
         third = await active_code(db, "ref")
-        t = T0 + timedelta(days=1)
+        t = datetime.now(UTC) + timedelta(days=1)  # signed up after the revocation
         await bill.publish(
             p,
             settings.topics,

@@ -9,11 +9,13 @@ from zoneinfo import ZoneInfo
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from referral_program import codes
 from referral_program.attribution import (
     Ineligible,
     InvoiceFact,
     Status,
     SubscriptionFact,
+    attributing_subscription,
     email_domain,
     fingerprint_hash,
     referral_state,
@@ -120,37 +122,76 @@ def test_personal_data_is_reduced() -> None:
 # --- order and redelivery independence -------------------------------------------------
 
 
+#: Referral codes and their owners; a code's revocation is a fact like the others.
+OWNERS = {"CODE0001": "R", "CODE0002": "Q"}
+
+
+@dataclass(frozen=True)
+class Revocation:
+    """Support revoked ``code`` at ``at`` (business time: the instant it did so)."""
+
+    code: str
+    at: datetime
+
+
+Fact = SubscriptionFact | InvoiceFact | Revocation
+
+
 @dataclass
 class FakeStore:
     """The consumer's write path in memory: inbox dedupe by event id, facts keyed by id
-    (first write wins, as `on conflict do nothing`), then recomputation."""
+    (first write wins, as `on conflict do nothing`), then recomputation.
+
+    A sign-up's code is resolved when it is recorded, against the revocations known then
+    (as the consumer's insert does), and a revocation withdraws the sign-ups already
+    recorded that it no longer attributes (as support's revoke does)."""
 
     inbox: set[str] = field(default_factory=set)
     subscriptions: dict[str, SubscriptionFact] = field(default_factory=dict)
     invoices: dict[str, InvoiceFact] = field(default_factory=dict)
+    revoked: dict[str, datetime] = field(default_factory=dict)
 
-    def apply(self, event_id: str, fact: SubscriptionFact | InvoiceFact) -> None:
+    def apply(self, event_id: str, fact: Fact) -> None:
         if event_id in self.inbox:
             return
         self.inbox.add(event_id)
         if isinstance(fact, SubscriptionFact):
-            self.subscriptions.setdefault(fact.subscription_id, fact)
-        else:
+            self.subscriptions.setdefault(fact.subscription_id, self._resolved(fact))
+        elif isinstance(fact, InvoiceFact):
             self.invoices.setdefault(fact.invoice_id, fact)
+        else:
+            self.revoked[fact.code] = fact.at
+            for sid, s in self.subscriptions.items():
+                if s.referral_code == fact.code:
+                    self.subscriptions[sid] = self._resolved(s)
+
+    def _resolved(self, s: SubscriptionFact) -> SubscriptionFact:
+        owner = OWNERS.get(s.referral_code or "")
+        attributes = owner is not None and codes.attributes(
+            self.revoked.get(s.referral_code or ""), s.created_at
+        )
+        return replace(s, referrer_account_id=owner if attributes else None)
 
     def referral(self, referee: str):  # type: ignore[no-untyped-def]
         subs = [s for s in self.subscriptions.values() if s.account_id == referee]
         invoices = [i for i in self.invoices.values() if i.account_id == referee]
-        referrer = [s for s in self.subscriptions.values() if s.account_id == "R"]
+        touch = attributing_subscription(subs)
+        referrer = [
+            s
+            for s in self.subscriptions.values()
+            if touch is not None and s.account_id == touch.referrer_account_id
+        ]
         return referral_state(subs, invoices, referrer, [], LA)
 
 
 @st.composite
-def account_history(draw: st.DrawFn) -> list[tuple[str, SubscriptionFact | InvoiceFact]]:
-    """A referee's events (each with its own id), plus the referrer's subscriptions."""
-    events: list[tuple[str, SubscriptionFact | InvoiceFact]] = [
+def account_history(draw: st.DrawFn) -> list[tuple[str, Fact]]:
+    """A referee's events (each with its own id), the referrers' subscriptions and,
+    perhaps, the revocation of one referrer's code."""
+    events: list[tuple[str, Fact]] = [
         ("e-r1", REFERRER[0]),
         ("e-r2", sub("R", "r2", domain=draw(st.sampled_from([None, "acme.com", "b.com"])))),
+        ("e-q1", sub("Q", "q1", domain=draw(st.sampled_from([None, "b.com"])))),
     ]
     n_subs = draw(st.integers(1, 4))
     for i in range(n_subs):
@@ -161,7 +202,7 @@ def account_history(draw: st.DrawFn) -> list[tuple[str, SubscriptionFact | Invoi
                     "A", f"a{i}",
                     at=T0 + timedelta(hours=draw(st.integers(-48, 48))),
                     family=draw(st.sampled_from(["virtual_receptionist", "voice_assistant", "chat"])),
-                    referrer=draw(st.sampled_from([None, "R", "R"])),
+                    code=draw(st.sampled_from([None, "CODE0001", "CODE0001", "CODE0002"])),
                     first_time=draw(st.booleans()),
                     domain=draw(st.sampled_from([None, "b.com", "gmail.com"])),
                 ),
@@ -176,12 +217,16 @@ def account_history(draw: st.DrawFn) -> list[tuple[str, SubscriptionFact | Invoi
                     T0 + timedelta(hours=draw(st.integers(-72, 240)))),
             )
         )  # fmt: skip
+    if draw(st.booleans()):
+        at = T0 + timedelta(hours=draw(st.integers(-48, 48)))
+        events.append(("e-revoke", Revocation("CODE0001", at)))
     return events
 
 
 @settings(max_examples=300, deadline=None)
 @given(history=account_history(), data=st.data())
 def test_state_is_a_function_of_the_set_of_events(history, data) -> None:  # type: ignore[no-untyped-def]
+    """Revocations included: a sign-up counts by when it was made, not when it arrived."""
     reference = FakeStore()
     for event_id, fact in history:
         reference.apply(event_id, fact)
@@ -195,6 +240,22 @@ def test_state_is_a_function_of_the_set_of_events(history, data) -> None:  # typ
         store.apply(event_id, fact)
         store.referral("A")  # recomputed after every batch; only the last one counts
     assert store.referral("A") == expected
+
+
+def test_a_revoked_code_attributes_the_sign_ups_made_before_the_revocation() -> None:
+    revoked_at = T0
+    assert codes.attributes(None, T0 + timedelta(days=400))
+    assert codes.attributes(revoked_at, T0 - timedelta(microseconds=1))
+    assert not codes.attributes(revoked_at, T0)
+    assert not codes.attributes(revoked_at, T0 + timedelta(hours=1))
+
+    store = FakeStore()
+    store.apply("late-signup", sub("A", "a1", code="CODE0001", at=T0 + timedelta(hours=1)))
+    assert store.referral("A").referrer_account_id == "R"  # consumed before the revocation
+    store.apply("revoke", Revocation("CODE0001", T0))
+    store.apply("early-signup", sub("B", "b1", code="CODE0001", at=T0 - timedelta(hours=1)))
+    assert store.referral("A") is None
+    assert store.referral("B").referrer_account_id == "R"
 
 
 def test_equal_timestamps_break_ties_by_id() -> None:

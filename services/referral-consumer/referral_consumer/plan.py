@@ -31,7 +31,10 @@ NO_CODE, MALFORMED_CODE, CODE = "none", "malformed", "code"
 
 # Run by the store under the batch lock, where the code is resolved: 'malformed' is text that cannot be
 # a code (only its normal form is ever stored, so nothing of it is kept), 'unknown' a well-formed code
-# nobody owns; an alias still attributes to its owner, a revoked code to nobody.
+# nobody owns; an alias still attributes to its owner. A revoked code attributes sign-ups made before
+# the instant support revoked it (its retired_at), however late they arrive, and nothing from then on
+# (docs/rules.md, referral codes); a revocation re-resolves the sign-ups it withdraws
+# (referral_ops.code_changes), so the outcome does not depend on which came first.
 INSERT_SUBSCRIPTIONS = """
 with inserted as (
     insert into subscriptions (subscription_id, account_id, event_id, created_at, plan_family,
@@ -42,9 +45,10 @@ with inserted as (
            case when s.code_state = 'none' then 'none'
                 when s.code_state = 'malformed' then 'malformed'
                 when c.status is null then 'unknown'
-                when c.status = 'revoked' then 'revoked'
+                when c.status = 'revoked'
+                     and s.created_at >= coalesce(c.retired_at, '-infinity') then 'revoked'
                 else 'known' end,
-           case when c.status <> 'revoked' then c.account_id end,
+           case when c.status <> 'revoked' or s.created_at < c.retired_at then c.account_id end,
            s.email_domain, s.organization_id, s.payment_fingerprint_hash
     from unnest($1::text[], $2::text[], $3::uuid[], $4::timestamptz[], $5::text[], $6::text[],
                 $7::text[], $8::bool[], $9::text[], $10::text[], $11::text[], $12::text[],
