@@ -24,6 +24,7 @@ from datetime import UTC, date, datetime, time
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import TypeAlias
+from zoneinfo import ZoneInfo
 
 import asyncpg
 
@@ -278,22 +279,39 @@ def cmd_legacy_import(args: argparse.Namespace) -> int:
             credit_from=credit_from,
             dry_run=args.dry_run,
         )
-        return render_legacy_import(done, credit_day)
+        return render_legacy_import(done, credit_day, settings.tz)
 
     return _run(op, settings)
 
 
-def render_legacy_import(done: legacy.LegacyImported, credit_day: date) -> str:
-    """What an import did, or with ``--dry-run`` would do: counts, then every row."""
+def _credit_day(instant: datetime, tz: ZoneInfo) -> str:
+    """A stored credit start as the day it was given (program time zone)."""
+    if instant.year == 1:  # -infinity: imported before credit starts were stored, without one
+        return "the beginning"
+    return instant.astimezone(tz).date().isoformat()
+
+
+def render_legacy_import(done: legacy.LegacyImported, credit_day: date, tz: ZoneInfo) -> str:
+    """What an import did, or with ``--dry-run`` would do: counts, referees that keep their
+    credit start, then (dry run) every row."""
     would = done.dry_run
     head = (
         f"{'dry run, nothing written: would import' if would else 'imported'} {done.file}: "
         f"{done.rows} rows, {done.new} new, {done.already_imported} already imported; "
         f"{done.credits} credits for invoices already paid since {credit_day.isoformat()}"
     )
-    if not would:
-        return head
     lines = [head]
+    if done.kept_credit_from:
+        lines.append(
+            f"{len(done.kept_credit_from)} already imported keep the credit start they were "
+            f"imported with, not {credit_day.isoformat()}:"
+        )
+        lines += [
+            f"  {k.referee_account_id}: credited from {_credit_day(k.credit_from, tz)}"
+            for k in done.kept_credit_from
+        ]
+    if not would:
+        return "\n".join(lines)
     lines += [
         f"  import: referee {r.referee_account_id} of referrer {r.referrer_account_id}, "
         f"{format_money(r.monthly_credit_cents, r.currency)} a month (line {r.line})"

@@ -195,6 +195,14 @@ class LegacyCredit:
 
 
 @dataclass(frozen=True)
+class KeptCreditStart:
+    """A referee imported before with another credit start, which it keeps."""
+
+    referee_account_id: str
+    credit_from: datetime
+
+
+@dataclass(frozen=True)
 class LegacyImported:
     file: str
     rows: int
@@ -207,6 +215,9 @@ class LegacyImported:
     credit_from: datetime | None = None
     #: Nothing was written: this is what the import would do.
     dry_run: bool = False
+    #: Referees already imported with another credit start: nothing already imported
+    #: changes, so they keep theirs (in file order).
+    kept_credit_from: tuple[KeptCreditStart, ...] = ()
 
     @property
     def already_imported(self) -> int:
@@ -215,25 +226,35 @@ class LegacyImported:
 
 _INSERT_LEGACY = """
 insert into legacy_referrals (referee_account_id, referrer_account_id, monthly_credit_cents,
-    currency, imported_by)
-select e, r, c, cur, $5 from unnest($1::text[], $2::text[], $3::bigint[], $4::text[])
+    currency, imported_by, credit_from)
+select e, r, c, cur, $5, $6 from unnest($1::text[], $2::text[], $3::bigint[], $4::text[])
     as t(e, r, c, cur)
 on conflict (referee_account_id) do nothing
 returning referee_account_id
 """
 
+# Only the referees imported now, from the credit start stored with each: re-importing a
+# file (with another --credit-from too) credits nothing already imported.
 _BACKFILL_CREDITS = """
 insert into legacy_credits (invoice_id, referee_account_id, referrer_account_id, amount_cents,
     currency)
 select i.invoice_id, i.account_id, l.referrer_account_id, l.monthly_credit_cents, l.currency
-from invoices i
+from unnest($1::text[]) as w(account_id)
+join invoices i using (account_id)
 join legacy_referrals l on l.referee_account_id = i.account_id
-where i.account_id = any($1::text[])
-  and i.amount_paid_cents > 0
-  and ($2::timestamptz is null or i.paid_at >= $2)
+where i.amount_paid_cents > 0 and i.paid_at >= l.credit_from
 order by i.paid_at, i.invoice_id
 on conflict do nothing
 returning invoice_id, referee_account_id, referrer_account_id, amount_cents, currency
+"""
+
+# One reward per referee, ever: a referee with a cash referral (any status, decided or not)
+# cannot also earn legacy credit.
+_CASH_REFERRALS = """
+select r.referee_account_id, r.referrer_account_id, coalesce(p.outcome, r.status) as status
+from unnest($1::text[]) as w(referee_account_id)
+join referrals r using (referee_account_id)
+left join payouts p using (referral_id)
 """
 
 
@@ -244,17 +265,19 @@ async def import_legacy(
     file: str,
     actor: str,
     out: Outbound,
-    credit_from: datetime | None = None,
+    credit_from: datetime,
     dry_run: bool = False,
 ) -> LegacyImported:
     """Import legacy referrals, all or nothing, and credit the invoices already paid.
 
-    Re-importing identical rows changes nothing. A row whose referee already has
-    a *different* legacy referral fails the whole import. Every known paid
-    invoice of an imported referee (from ``credit_from`` on, if given) gets one
-    ``referral.credit.earned``; the consumer credits the invoices that arrive later.
-    The CLI always passes a ``credit_from`` (default today): the old system already
-    credited the invoices before it.
+    One reward per referee, ever: a row whose referee already has a cash referral,
+    or a *different* legacy referral, fails the whole import, each such row listed.
+    Re-importing rows changes nothing already imported, whatever ``credit_from``:
+    those referees keep the credit start they were imported with (listed in the
+    result when it differs). ``credit_from`` is stored with each new row: every
+    paid invoice of the referee from then on gets one ``referral.credit.earned``,
+    the known ones now and the later ones by the consumer, however late it applies
+    them; the old system credited the invoices before it.
 
     ``dry_run`` does the whole import in a transaction that is rolled back: the
     result says what would be imported and credited, and nothing is written
@@ -285,7 +308,7 @@ async def _import(
     file: str,
     actor: str,
     out: Outbound,
-    credit_from: datetime | None,
+    credit_from: datetime,
     dry_run: bool,
 ) -> LegacyImported:
     async with conn.transaction():
@@ -295,13 +318,24 @@ async def _import(
             r["referee_account_id"]: r
             for r in await conn.fetch(
                 """select referee_account_id, referrer_account_id, monthly_credit_cents,
-                          currency, imported_at, imported_by
+                          currency, imported_at, imported_by, credit_from
                    from legacy_referrals where referee_account_id = any($1::text[])""",
                 referees,
             )
         }
+        cash = {
+            r["referee_account_id"]: r
+            for r in await conn.fetch(_CASH_REFERRALS, [r for r in referees if r not in existing])
+        }
         errors = []
         for row in rows:
+            referral = cash.get(row.referee_account_id)
+            if referral is not None:
+                errors.append(
+                    f"line {row.line}: referee {row.referee_account_id} already has a cash "
+                    f"referral from {referral['referrer_account_id']} "
+                    f"(status {referral['status']}); one reward per referee: remove the row"
+                )
             had = existing.get(row.referee_account_id)
             if had is not None and (
                 had["referrer_account_id"],
@@ -324,10 +358,17 @@ async def _import(
             [r.monthly_credit_cents for r in rows],
             [r.currency for r in rows],
             actor,
+            credit_from,
         )
-        credits = await conn.fetch(_BACKFILL_CREDITS, referees, credit_from)
-        await enqueue(conn, [credit_earned_message(out.credit_earned, c) for c in credits])
         fresh = {r["referee_account_id"] for r in new}
+        credits = await conn.fetch(_BACKFILL_CREDITS, [r for r in referees if r in fresh])
+        await enqueue(conn, [credit_earned_message(out.credit_earned, c) for c in credits])
+        kept = tuple(
+            KeptCreditStart(r.referee_account_id, had["credit_from"])
+            for r in rows
+            if (had := existing.get(r.referee_account_id)) is not None
+            and had["credit_from"] != credit_from
+        )
         result = LegacyImported(
             file,
             len(rows),
@@ -346,6 +387,7 @@ async def _import(
             ),
             credit_from=credit_from,
             dry_run=dry_run,
+            kept_credit_from=kept,
         )
         if dry_run:
             raise _DryRunDone(result)
@@ -360,7 +402,8 @@ async def _import(
                 "new": result.new,
                 "already_imported": result.already_imported,
                 "credits_backfilled": result.credits,
-                "credit_from": credit_from.isoformat() if credit_from else None,
+                "credit_from": credit_from.isoformat(),
+                "kept_credit_from": [k.referee_account_id for k in kept],
             },
         )
     return result

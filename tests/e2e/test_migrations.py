@@ -65,3 +65,67 @@ def test_bad_configuration_names_the_variable(tmp_path: Path) -> None:
     assert missing.returncode == 2
     assert "KAFKA_BOOTSTRAP_SERVERS: Field required" in missing.stderr
     assert "DATABASE_URL: Field required" in missing.stderr
+
+
+async def _migrated_up_to(stack: Stack, version: int) -> asyncpg.Connection:
+    """A new database with the migrations up to ``version`` applied, as an older release left it."""
+    url = await devstack.create_database(
+        stack.server_uri, f"m{uuid.uuid4().hex[:8]}", migrated=False
+    )
+    conn = await asyncpg.connect(url)
+    await conn.execute(
+        """create table schema_migrations (version int primary key, name text not null,
+               applied_at timestamptz not null default now())"""
+    )
+    for m in available_migrations():
+        if m.version <= version:
+            await conn.execute(m.sql)
+            await conn.execute(
+                "insert into schema_migrations (version, name) values ($1, $2)", m.version, m.name
+            )
+    return conn
+
+
+async def test_legacy_referrals_imported_before_get_their_imports_credit_start(
+    stack: Stack,
+) -> None:
+    conn = await _migrated_up_to(stack, 6)
+    try:
+        # Two imports as the older release recorded them (the rows and the audit entry share
+        # the transaction's now()), and a row with no audit entry.
+        for referee, at, credit_from in [
+            ("r1", "2026-05-04 10:00:00+00", "2026-05-04T00:00:00-07:00"),
+            ("r2", "2026-05-09 10:00:00+00", None),
+        ]:
+            await conn.execute(
+                """insert into legacy_referrals (referee_account_id, referrer_account_id,
+                       monthly_credit_cents, currency, imported_at, imported_by)
+                   values ($1, 'q', 500, 'USD', $2::text::timestamptz, 'alice')""",
+                referee,
+                at,
+            )
+            await conn.execute(
+                """insert into audit_log (actor, action, subject, details, at)
+                   values ('alice', 'legacy.import', 'f.csv',
+                           jsonb_build_object('credit_from', $1::text), $2::text::timestamptz)""",
+                credit_from,
+                at,
+            )
+        await conn.execute(
+            """insert into legacy_referrals (referee_account_id, referrer_account_id,
+                   monthly_credit_cents, currency, imported_at, imported_by)
+               values ('r3', 'q', 500, 'USD', '2026-05-10 12:00:00+00', 'bob')"""
+        )
+
+        assert await migrate(conn) == [m.version for m in available_migrations() if m.version > 6]
+
+        starts = dict(
+            await conn.fetch("select referee_account_id, credit_from::text from legacy_referrals")
+        )
+        assert starts == {
+            "r1": "2026-05-04 07:00:00+00",  # the import's --credit-from
+            "r2": "-infinity",  # imported without one: every invoice was credited
+            "r3": "2026-05-10 12:00:00+00",  # no record: from its import on
+        }
+    finally:
+        await conn.close()

@@ -650,12 +650,30 @@ async def test_legacy_import_backfills_paid_invoices_once_and_is_idempotent(
         "already_imported": 0,
         "credits_backfilled": 2,
         "credit_from": "2026-03-01T00:00:00-08:00",
+        "kept_credit_from": [],
     }
 
     again = await run_cli("legacy", "import", str(csv_file), "--credit-from", "2026-03-01")
     assert again.status == 0, again.err
-    assert "2 rows, 0 new, 2 already imported; 0 credits" in again.out
+    assert again.out.strip() == (
+        f"imported {csv_file}: 2 rows, 0 new, 2 already imported; "
+        "0 credits for invoices already paid since 2026-03-01"
+    )
     assert len(await outbox(db, settings.topics.credit_earned)) == 2
+
+    # Another credit start changes nothing already imported either, and says so.
+    earlier = await run_cli("legacy", "import", str(csv_file), "--credit-from", "2026-01-01")
+    assert earlier.status == 0, earlier.err
+    assert earlier.out.strip().splitlines() == [
+        f"imported {csv_file}: 2 rows, 0 new, 2 already imported; "
+        "0 credits for invoices already paid since 2026-01-01",
+        "2 already imported keep the credit start they were imported with, not 2026-01-01:",
+        "  old-referee: credited from 2026-03-01",
+        "  not-seen-yet: credited from 2026-03-01",
+    ]
+    assert len(await outbox(db, settings.topics.credit_earned)) == 2
+    stored = {r["credit_from"] for r in await db.fetch("select credit_from from legacy_referrals")}
+    assert stored == {datetime(2026, 3, 1, 8, tzinfo=UTC)}
 
     # Invoices after the import are credited by the consumer, once.
     await feed(
@@ -872,6 +890,33 @@ async def test_legacy_import_refuses_a_referee_imported_differently(
     )
     assert "by support-alice); remove the row or fix it" in ran.err
     assert await db.fetchval("select count(*) from legacy_referrals") == 1
+
+
+async def test_legacy_import_refuses_a_referee_with_a_cash_referral(
+    settings: Settings, db: asyncpg.Connection, run_cli: Cli, tmp_path: Path
+) -> None:
+    """One reward per referee, ever: nothing is imported, and every such row is listed."""
+    await referrer_and_referee(db, settings, "cash-1")
+    await referrer_and_referee(db, settings, "cash-2", paid=False)
+    await decide(db, "cash-1", "due", date(2026, 6, 2))
+    csv_file = tmp_path / "legacy.csv"
+    csv_file.write_text(LEGACY + "old,fine,500\nold,cash-1,500\nold,cash-2,300\n")
+
+    ran = await run_cli("legacy", "import", str(csv_file))
+
+    assert ran.status == 2
+    assert ran.err.splitlines() == [
+        "error: 2 problems, nothing was imported:",
+        "  line 3: referee cash-1 already has a cash referral from ref-1 (status due); "
+        "one reward per referee: remove the row",
+        "  line 4: referee cash-2 already has a cash referral from ref-1 (status pending); "
+        "one reward per referee: remove the row",
+    ]
+    assert await db.fetchval("select count(*) from legacy_referrals") == 0
+    assert await db.fetchval("select count(*) from legacy_credits") == 0
+    assert [a["action"] for a in await audit_rows(db)] == []
+    dry = await run_cli("legacy", "import", str(csv_file), "--dry-run")
+    assert dry.status == 2 and "cash-1 already has a cash referral" in dry.err
 
 
 async def test_legacy_import_file_problems(

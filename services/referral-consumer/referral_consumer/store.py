@@ -222,11 +222,14 @@ async def _insert_invoices(conn: Conn, plan: BatchPlan) -> list[asyncpg.Record]:
     )
 
 
+# Only invoices paid on or after the referral's credit start, however late they arrive: the
+# old system credited the earlier ones.
 _LEGACY_CREDITS = """
 insert into legacy_credits (invoice_id, referee_account_id, referrer_account_id, amount_cents, currency)
 select i.invoice_id, i.account_id, l.referrer_account_id, l.monthly_credit_cents, l.currency
-from unnest($1::text[], $2::text[]) as i(invoice_id, account_id)
+from unnest($1::text[], $2::text[], $3::timestamptz[]) as i(invoice_id, account_id, paid_at)
 join legacy_referrals l on l.referee_account_id = i.account_id
+where i.paid_at >= l.credit_from
 on conflict do nothing
 returning invoice_id, referee_account_id, referrer_account_id, amount_cents, currency
 """
@@ -235,12 +238,16 @@ returning invoice_id, referee_account_id, referrer_account_id, amount_cents, cur
 async def _legacy_credits(
     conn: Conn, invoices: list[asyncpg.Record], out: Outbound, result: BatchResult
 ) -> list[OutboxMessage]:
-    """Legacy program: one ``referral.credit.earned`` per paid referee invoice."""
+    """Legacy program: one ``referral.credit.earned`` per paid referee invoice from the
+    referral's credit start on."""
     positive = [r for r in invoices if r["amount_paid_cents"] > 0]
     if not positive:
         return []
     rows = await conn.fetch(
-        _LEGACY_CREDITS, [r["invoice_id"] for r in positive], [r["account_id"] for r in positive]
+        _LEGACY_CREDITS,
+        [r["invoice_id"] for r in positive],
+        [r["account_id"] for r in positive],
+        [r["paid_at"] for r in positive],
     )
     result.credits = len(rows)
     return [credit_earned_message(out.credit_earned, row) for row in rows]
