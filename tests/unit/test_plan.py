@@ -88,3 +88,16 @@ def test_column_arrays_line_up_with_their_events() -> None:
     cancelled = plan.cancellation_columns
     assert cancelled[1:3] == (["s1"], ["a"])
     assert cancelled[4] == [T]  # effective_at defaults to occurred_at
+
+
+def test_a_subscription_created_twice_in_a_batch_is_inserted_once_the_first_kept() -> None:
+    first = bill.subscription_created("a", "s1", "chat", T)
+    again = bill.subscription_created("a", "s1", "virtual_receptionist", T)  # another event id
+    plan = BatchPlan.of(parsed(("created", first), ("created", again), ("created", first)))
+
+    assert [str(e) for e in plan.created.event_id] == [first["event_id"]]
+    assert plan.created.plan_family == ["chat"]
+    assert [str(e) for e in plan.recreated.event_id] == [again["event_id"]]
+    assert plan.recreated.plan_family == ["virtual_receptionist"]
+    assert [p.record.offset for p in plan.repeats] == [2]  # the same event again: a repeat
+    assert [len(c) for c in plan.recreated.rows([0])] == [1] * len(plan.created.arrays())

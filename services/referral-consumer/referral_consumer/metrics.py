@@ -54,6 +54,19 @@ class ConsumerMetrics:
             ["currency"],
             registry=registry,
         )
+        self.subscription_conflicts = Counter(
+            "referrals_consumer_subscription_conflicts",
+            "subscription.created for a subscription already recorded, under another event id "
+            "and with other facts: recorded in subscription_conflicts, the first kept (counted "
+            "as a duplicate in referrals_consumer_events)",
+            registry=registry,
+        )
+        self.subscriptions_resent = Counter(
+            "referrals_consumer_subscriptions_resent",
+            "subscription.created for a subscription already recorded, under another event id "
+            "but with the same facts: a duplicate (counted as one in referrals_consumer_events)",
+            registry=registry,
+        )
         self.free_text = Counter(
             "referrals_consumer_free_text_amended",
             "Applied events whose free text (a plan id, a cancellation reason, an email's "

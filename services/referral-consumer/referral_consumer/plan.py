@@ -60,8 +60,7 @@ with inserted as (
     on conflict do nothing
     returning code_outcome
 )
-select code_outcome as kind, count(*) as n
-from inserted where code_outcome in ('unknown', 'malformed', 'revoked') group by 1
+select code_outcome as kind, count(*) as n from inserted group by 1
 """
 
 
@@ -122,6 +121,11 @@ class SubscriptionColumns:
             if compared
         ]
 
+    def rows(self, indexes: Iterable[int]) -> tuple[list[Any], ...]:
+        """:meth:`arrays` of the events at ``indexes`` only."""
+        wanted = list(indexes)
+        return tuple([column[i] for i in wanted] for column in self.arrays())
+
     def arrays(self) -> tuple[list[Any], ...]:
         """The parameters of :data:`INSERT_SUBSCRIPTIONS`, in its order."""
         return (
@@ -140,6 +144,54 @@ class SubscriptionColumns:
             self.payment_fingerprint_hash,
         )
 
+
+# A subscription is created once (docs/rules.md, the event contract). The batch's newly
+# claimed subscription.created events whose subscription is stored under another event id
+# (earlier, or by an earlier event of this batch), compared with the stored one: the same
+# facts make a duplicate, different ones a conflict, recorded in subscription_conflicts
+# (the first stays). An email is compared by its domain, the only part ever stored.
+REPEATED_SUBSCRIPTIONS = """
+with n as (
+    select * from unnest($1::text[], $2::text[], $3::uuid[], $4::timestamptz[], $5::text[],
+                         $6::text[], $7::text[], $8::bool[], $9::text[], $10::text[], $11::text[],
+                         $12::text[], $13::text[], $14::text[], $15::int[], $16::bigint[])
+        as n(subscription_id, account_id, event_id, created_at, plan_family, plan_id, currency,
+             first_time_client, referral_code, code_state, email_domain, organization_id,
+             payment_fingerprint_hash, topic, "partition", "offset")
+),
+repeated as (
+    select n.*, array_remove(array[
+        case when s.account_id <> n.account_id then 'account_id' end,
+        case when s.created_at <> n.created_at then 'occurred_at' end,
+        case when s.plan_family <> n.plan_family then 'plan_family' end,
+        case when s.plan_id <> n.plan_id then 'plan_id' end,
+        case when s.currency <> n.currency then 'currency' end,
+        case when s.first_time_client <> n.first_time_client then 'first_time_client' end,
+        case when s.referral_code is distinct from n.referral_code
+               or (s.code_outcome = 'malformed') <> (n.code_state = 'malformed')
+             then 'referral_code' end,
+        case when s.email_domain is distinct from n.email_domain then 'customer.email' end,
+        case when s.organization_id is distinct from n.organization_id
+             then 'customer.organization_id' end,
+        case when s.payment_fingerprint_hash is distinct from n.payment_fingerprint_hash
+             then 'customer.payment_fingerprint' end
+    ], null) as differs
+    from n join subscriptions s using (subscription_id)
+    where s.event_id <> n.event_id
+),
+recorded as (
+    insert into subscription_conflicts (event_id, subscription_id, account_id, created_at,
+        plan_family, plan_id, currency, first_time_client, referral_code, code_state,
+        email_domain, organization_id, payment_fingerprint_hash, differs, topic, "partition",
+        "offset")
+    select event_id, subscription_id, account_id, created_at, plan_family, plan_id, currency,
+           first_time_client, referral_code, code_state, email_domain, organization_id,
+           payment_fingerprint_hash, differs, topic, "partition", "offset"
+    from repeated where cardinality(differs) > 0
+    on conflict do nothing
+)
+select event_id, subscription_id, differs from repeated
+"""
 
 INSERT_INBOX = """
 insert into inbox (event_id, event_type, topic, "partition", "offset")
@@ -192,7 +244,11 @@ class BatchPlan:
     repeats: list[Parsed] = field(default_factory=list)
     dead: list[DeadLetter] = field(default_factory=list)
     accounts: set[str] = field(default_factory=set)
+    #: The first ``subscription.created`` of each subscription in the batch: inserted.
     created: SubscriptionColumns = field(default_factory=SubscriptionColumns)
+    #: Later ones for a subscription already in ``created`` (other event ids): only compared
+    #: with what is stored (``REPEATED_SUBSCRIPTIONS``), never inserted, so the first stays.
+    recreated: SubscriptionColumns = field(default_factory=SubscriptionColumns)
     paid: list[InvoicePaid] = field(default_factory=list)
     cancelled: list[SubscriptionCancelled] = field(default_factory=list)
     #: Set by :meth:`seal`: the parameters of the statements above, in their order.
@@ -200,6 +256,7 @@ class BatchPlan:
     invoice_columns: tuple[list[Any], ...] = ()
     cancellation_columns: tuple[list[Any], ...] = ()
     _seen: set[uuid.UUID] = field(default_factory=set, repr=False)
+    _subscriptions: set[str] = field(default_factory=set, repr=False)
 
     @classmethod
     def of(cls, parsed: Iterable[Parsed], dead: Iterable[DeadLetter] = ()) -> BatchPlan:
@@ -221,7 +278,11 @@ class BatchPlan:
             if isinstance(event, InvoicePaid):
                 self.paid.append(event)
             elif isinstance(event, SubscriptionCreated):
-                self.created.add(event)
+                if event.data.subscription_id in self._subscriptions:
+                    self.recreated.add(event)
+                else:
+                    self._subscriptions.add(event.data.subscription_id)
+                    self.created.add(event)
             else:
                 self.cancelled.append(event)
 

@@ -25,6 +25,7 @@ from referral_consumer.plan import (
     INSERT_INBOX,
     INSERT_INVOICES,
     INSERT_SUBSCRIPTIONS,
+    REPEATED_SUBSCRIPTIONS,
     UNKNOWN_REFERENCES,
     BatchPlan,
 )
@@ -38,6 +39,18 @@ from referral_runtime.referral_state import (
     lock_for_writing,
     recompute_referrals,
 )
+
+#: ``subscriptions.code_outcome`` values that attribute nothing and are counted.
+_CODES_THAT_ATTRIBUTE_NOTHING = frozenset({"unknown", "malformed", "revoked"})
+
+
+@dataclass(frozen=True)
+class SubscriptionConflict:
+    """A ``subscription.created`` that contradicts the subscription already recorded."""
+
+    parsed: Parsed
+    subscription_id: str
+    differs: tuple[str, ...]  # the event's fields that differ (names, never values)
 
 
 @dataclass
@@ -55,6 +68,11 @@ class BatchResult:
     #: Free text cut or cleaned in applied events: (event type, field, action).
     free_text: Counter[tuple[str, str, str]] = field(default_factory=Counter)
     attributions: Counter[tuple[str, str]] = field(default_factory=Counter)  # (status, reason)
+    #: ``subscription.created`` for a subscription already recorded under another event id
+    #: (both counted as duplicates): the conflicting ones, recorded in subscription_conflicts,
+    #: with the fields that differ, and how many said the same again.
+    subscription_conflicts: list[SubscriptionConflict] = field(default_factory=list)
+    subscriptions_resent: int = 0
     codes_assigned: int = 0
     credits: int = 0
     applied_events: list[Parsed] = field(default_factory=list)
@@ -88,7 +106,8 @@ async def apply_batch(
     )
     claimed = await _claim_inbox(conn, plan, result)
     outbox += await _assign_codes(conn, new_accounts, out, randbits, result)
-    await _insert_subscriptions(conn, plan, result)
+    inserted = await _insert_subscriptions(conn, plan, result)
+    repeated = await _repeated_subscriptions(conn, plan, claimed, inserted, result)
     new_invoices = await _insert_invoices(conn, plan)
     new_cancellations = (
         await conn.fetch(INSERT_CANCELLATIONS, *plan.cancellation_columns) if plan.cancelled else []
@@ -105,7 +124,7 @@ async def apply_batch(
         for account, event_id, compared in zip(
             created.account_id, created.event_id, created.compared, strict=True
         )
-        if event_id in claimed
+        if event_id in claimed and event_id not in repeated
     ]
     touched = sorted({a for a, _ in fresh} | await _payments_that_matter(conn, new_invoices))
     referrers_changed = sorted({a for a, compared in fresh if compared} & changed)
@@ -176,15 +195,63 @@ async def _assign_codes(
     return [code_assigned_message(out, account, code, None) for account, code in assigned.items()]
 
 
-async def _insert_subscriptions(conn: Conn, plan: BatchPlan, result: BatchResult) -> None:
-    """Insert the new subscriptions, each with its code's outcome.
+async def _insert_subscriptions(conn: Conn, plan: BatchPlan, result: BatchResult) -> int:
+    """Insert the new subscriptions, each with its code's outcome; returns how many went in.
 
     Counts the codes that attribute nothing, among the rows inserted now.
     """
     if not plan.created.event_id:
-        return
+        return 0
+    inserted = 0
     for kind, n in await conn.fetch(INSERT_SUBSCRIPTIONS, *plan.created.arrays()):
-        result.unknown_codes[kind] += n
+        inserted += n
+        if kind in _CODES_THAT_ATTRIBUTE_NOTHING:
+            result.unknown_codes[kind] += n
+    return inserted
+
+
+async def _repeated_subscriptions(
+    conn: Conn, plan: BatchPlan, claimed: set[uuid.UUID], inserted: int, result: BatchResult
+) -> set[uuid.UUID]:
+    """Newly claimed ``subscription.created`` events of a subscription already recorded.
+
+    A subscription is created once: such an event is a duplicate, and when its facts
+    differ from the recorded ones it is also a conflict, recorded (the first stays).
+    Returns their event ids. Costs a statement only when a claimed event inserted no
+    row or the batch itself repeats a subscription, which is rare.
+    """
+    created, recreated = plan.created, plan.recreated
+    first = [i for i, event_id in enumerate(created.event_id) if event_id in claimed]
+    again = [i for i, event_id in enumerate(recreated.event_id) if event_id in claimed]
+    if inserted >= len(first) and not again:
+        return set()
+    columns = [a + b for a, b in zip(created.rows(first), recreated.rows(again), strict=True)]
+    applied = {p.event.event_id: p for p in result.applied_events}
+    sources = [applied[event_id].record for event_id in columns[2]]
+    rows = await conn.fetch(
+        REPEATED_SUBSCRIPTIONS,
+        *columns,
+        [r.topic for r in sources],
+        [r.partition for r in sources],
+        [r.offset for r in sources],
+    )
+    for row in rows:
+        p = applied[row["event_id"]]
+        key = (p.record.topic, p.event.event_type)
+        result.applied[key] -= 1
+        result.duplicates[key] += 1
+        if row["differs"]:
+            result.subscription_conflicts.append(
+                SubscriptionConflict(p, row["subscription_id"], tuple(row["differs"]))
+            )
+        else:
+            result.subscriptions_resent += 1
+    repeated = {row["event_id"] for row in rows}
+    if repeated:
+        result.applied_events = [
+            p for p in result.applied_events if p.event.event_id not in repeated
+        ]
+    return repeated
 
 
 async def _count_unknown_references(

@@ -150,6 +150,15 @@ class BatchWriter:
         m.observe_references(result.unknown_references, result.foreign_currency)
         for (status, reason), n in result.attributions.items():
             m.attributions.labels(status, reason).inc(n)
+        m.subscriptions_resent.inc(result.subscriptions_resent)
+        for conflict in result.subscription_conflicts:
+            m.subscription_conflicts.inc()
+            log.warning(
+                "subscription_conflict",
+                subscription_id=conflict.subscription_id,
+                differs=list(conflict.differs),
+                **record_fields(conflict.parsed.record, str(conflict.parsed.event.event_id)),
+            )
         for (event_type, field, action), n in result.free_text.items():
             m.free_text.labels(event_type, field, action).inc(n)
         now = datetime.now(UTC)
@@ -180,6 +189,8 @@ def _merge(a: BatchResult, b: BatchResult) -> BatchResult:
     a.foreign_currency.update(b.foreign_currency)
     a.free_text.update(b.free_text)
     a.attributions.update(b.attributions)
+    a.subscription_conflicts += b.subscription_conflicts
+    a.subscriptions_resent += b.subscriptions_resent
     a.codes_assigned += b.codes_assigned
     a.credits += b.credits
     a.applied_events += b.applied_events
