@@ -19,8 +19,11 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import pytest
+import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
+from referral_consumer import writer
 from referral_consumer.app import ConsumerService
 from referral_consumer.ingest import Parsed, parse_record
 from referral_consumer.plan import BatchPlan
@@ -248,3 +251,9 @@ async def consumed_reaches(db: asyncpg.Connection, n: int, timeout: float = 60) 
         )
 
     await wait_for(consumed, timeout=timeout)
+
+
+def fresh_logger(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The writer's logger as structlog is configured now: its module logger was bound, and
+    cached, by whichever test used it first (possibly with logging turned down)."""
+    monkeypatch.setattr(writer, "log", structlog.get_logger(writer.__name__))

@@ -11,6 +11,7 @@ from __future__ import annotations
 from datetime import UTC, date, datetime
 
 import asyncpg
+import pytest
 from structlog.testing import capture_logs
 
 from payout_scheduler.metrics import SchedulerMetrics
@@ -21,6 +22,7 @@ from referral_runtime.settings import Settings
 from tests.e2e.harness import (
     active_code,
     consumed_reaches,
+    fresh_logger,
     inbox_reaches,
     producer,
     running_consumer,
@@ -36,7 +38,7 @@ LONG_EMAIL = "front.desk." * 40 + "@harbor-dental.example"  # 462 characters
 
 
 async def test_free_text_is_cut_or_cleaned_and_the_cancelled_referees_are_forfeited(
-    settings: Settings, db: asyncpg.Connection
+    settings: Settings, db: asyncpg.Connection, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     assert len(LONG_REASON) > 600 and len(LONG_EMAIL) > 320
 
@@ -50,6 +52,7 @@ async def test_free_text_is_cut_or_cleaned_and_the_cancelled_referees_are_forfei
     pool = await create_pool(settings.database_url, size=2)
     try:
         with capture_logs() as logs:
+            fresh_logger(monkeypatch)
             async with running_consumer(settings) as service, producer(settings) as p:
                 await bill.publish(
                     p, settings.topics, [bill.subscription_created("ref", "ref-s", VR, T0)]

@@ -129,3 +129,46 @@ async def test_legacy_referrals_imported_before_get_their_imports_credit_start(
         }
     finally:
         await conn.close()
+
+
+async def test_sign_ups_recorded_before_are_resolved_by_the_revocation_instant(
+    stack: Stack,
+) -> None:
+    conn = await _migrated_up_to(stack, 6)
+    try:
+        await conn.execute("insert into accounts (account_id) values ('ref')")
+        await conn.execute(
+            """insert into referral_codes (code, account_id, status, retired_at)
+               values ('RVKD0000', 'ref', 'revoked', '2026-05-01 12:00:00+00')"""
+        )
+        # As the older release recorded them: by the code's status on arrival.
+        for sid, at, outcome, referrer in [
+            ("made-before-recorded-after", "2026-05-01 11:59:00+00", "revoked", None),
+            ("made-after-recorded-before", "2026-05-01 12:00:00+00", "known", "ref"),
+            ("made-before-recorded-before", "2026-04-01 00:00:00+00", "known", "ref"),
+        ]:
+            await conn.execute(
+                """insert into subscriptions (subscription_id, account_id, event_id, created_at,
+                       plan_family, plan_id, currency, first_time_client, referral_code,
+                       code_outcome, referrer_account_id)
+                   values ($1, $1, gen_random_uuid(), $2::text::timestamptz, 'chat', 'p', 'USD',
+                           true, 'RVKD0000', $3, $4)""",
+                sid,
+                at,
+                outcome,
+                referrer,
+            )
+
+        await migrate(conn)
+
+        resolved = {
+            r["subscription_id"]: (r["code_outcome"], r["referrer_account_id"])
+            for r in await conn.fetch("select * from subscriptions")
+        }
+        assert resolved == {
+            "made-before-recorded-after": ("known", "ref"),
+            "made-after-recorded-before": ("revoked", None),
+            "made-before-recorded-before": ("known", "ref"),
+        }
+    finally:
+        await conn.close()

@@ -13,6 +13,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
+import pytest
 from structlog.testing import capture_logs
 
 from referral_devtools import synthetic as bill
@@ -22,6 +23,7 @@ from tests.e2e.harness import (
     active_code,
     apply_plan,
     batch_plan,
+    fresh_logger,
     inbox_reaches,
     producer,
     referral_status,
@@ -33,10 +35,11 @@ VR = "virtual_receptionist"
 
 
 async def test_a_second_creation_is_a_counted_duplicate_or_a_recorded_conflict(
-    settings: Settings, db: asyncpg.Connection
+    settings: Settings, db: asyncpg.Connection, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     topic = settings.topics.subscription_created
     with capture_logs() as logs:
+        fresh_logger(monkeypatch)
         async with running_consumer(settings) as service, producer(settings) as p:
             await bill.publish(
                 p, settings.topics, [bill.subscription_created("ref", "ref-s", VR, T0)]

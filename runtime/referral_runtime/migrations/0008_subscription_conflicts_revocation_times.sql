@@ -23,3 +23,21 @@ create table subscription_conflicts (
     recorded_at               timestamptz not null default now()
 );
 create index subscription_conflicts_subscription on subscription_conflicts (subscription_id);
+
+-- A revocation counts from the instant support revoked the code (its retired_at), in
+-- business time. Sign-ups recorded before were resolved against the code's status when
+-- they arrived: re-resolve them. One made before the revocation but recorded after it
+-- attributes; one made at or after it but recorded before it does not. The referrals of
+-- these referees change with them when undecided referrals are next recomputed from their
+-- facts under the rules installed (a rule changed here).
+update subscriptions s
+set code_outcome = 'known', referrer_account_id = c.account_id
+from referral_codes c
+where s.referral_code = c.code and s.code_outcome = 'revoked'
+  and c.status = 'revoked' and s.created_at < c.retired_at;
+
+update subscriptions s
+set code_outcome = 'revoked', referrer_account_id = null
+from referral_codes c
+where s.referral_code = c.code and s.code_outcome = 'known'
+  and c.status = 'revoked' and s.created_at >= c.retired_at;
