@@ -101,7 +101,7 @@ class CodeRevoked:
 
 
 # Sign-ups dated at or after the revocation that were consumed before it no longer attribute
-# (the consumer resolves later arrivals the same way: referral_consumer.plan.INSERT_SUBSCRIPTIONS).
+# (codes.attributes; the consumer resolves later arrivals the same way when it inserts them).
 # Through the referrer index: a code attributes only to its owner.
 _WITHDRAW_LATER_SIGNUPS = """
 update subscriptions s set code_outcome = 'revoked', referrer_account_id = null

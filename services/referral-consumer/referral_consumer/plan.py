@@ -33,7 +33,7 @@ NO_CODE, MALFORMED_CODE, CODE = "none", "malformed", "code"
 # a code (only its normal form is ever stored, so nothing of it is kept), 'unknown' a well-formed code
 # nobody owns; an alias still attributes to its owner. A revoked code attributes sign-ups made before
 # the instant support revoked it (its retired_at), however late they arrive, and nothing from then on
-# (docs/rules.md, referral codes); a revocation re-resolves the sign-ups it withdraws
+# (codes.attributes; docs/rules.md, attribution); a revocation re-resolves the sign-ups it withdraws
 # (referral_ops.code_changes), so the outcome does not depend on which came first.
 INSERT_SUBSCRIPTIONS = """
 with inserted as (
