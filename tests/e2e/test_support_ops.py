@@ -611,6 +611,8 @@ async def test_legacy_import_backfills_paid_invoices_once_and_is_idempotent(
         bill.invoice_paid("old-referee", "s-o", "inv-1", 4900, T0),
         bill.invoice_paid("old-referee", "s-o", "inv-0", 0, T0),  # nothing paid: no credit
         bill.invoice_paid("old-referee", "s-o", "inv-2", 4900, T0 + timedelta(days=30)),
+        # Before the credit start: the old system credited it.
+        bill.invoice_paid("old-referee", "s-o", "inv-feb", 4900, T0 - timedelta(days=20)),
     )
     csv_file = tmp_path / "legacy.csv"
     csv_file.write_text(LEGACY + "old-referrer,old-referee,500\nold-referrer,not-seen-yet,700\n")
