@@ -30,6 +30,7 @@ from referral_devtools import synthetic as bill
 from referral_runtime.referral_state import Outbound
 from referral_runtime.settings import Settings
 from tests.conftest import settings_env, wait_for
+from tests.e2e.fault_proxy import FaultProxy
 
 _offsets = itertools.count()
 
@@ -84,6 +85,24 @@ async def running_consumer(
         yield service
     finally:
         await service.stop()
+
+
+@contextlib.asynccontextmanager
+async def broker_behind_proxy(root: Path) -> AsyncIterator[tuple[FaultProxy, str]]:
+    """A Tansu of its own behind a :class:`FaultProxy`, advertising the proxy's address, so
+    every connection of every client goes through the proxy; yields it and the bootstrap."""
+    broker_port = devstack.free_port()
+    proxy = FaultProxy(broker_port)
+    await proxy.start()
+    broker, _ = devstack.start_broker(root / "broker.log", broker_port, advertised_port=proxy.port)
+    try:
+        yield proxy, f"127.0.0.1:{proxy.port}"
+    finally:
+        await proxy.close()
+        broker.terminate()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            broker.wait(5)
+        broker.kill()
 
 
 @contextlib.asynccontextmanager
