@@ -72,15 +72,21 @@ class SchedulerMetrics:
         self.held_back = Gauge(
             "referrals_scheduler_held_back",
             "1 when the last decision pass was held back (the consumer group had not applied "
-            "the billing events published before it began: nothing was decided), else 0",
+            "the billing events published before it began: nothing was decided), else 0; NaN "
+            "until this process has read it",
             registry=registry,
         )
         self.held_back_since = Gauge(
             "referrals_scheduler_held_back_since_timestamp_seconds",
             "Unix time since which every decision pass has been held back (kept in the "
-            "database across restarts); 0 when the last pass was not held back",
+            "database across restarts); 0 when the last pass was not held back, NaN until "
+            "this process has read it",
             registry=registry,
         )
+        # Unknown, not "not held back", until read from the database: a restart must not
+        # look like a pass that decided (the held-back alert would go quiet).
+        self.held_back.set(float("nan"))
+        self.held_back_since.set(float("nan"))
         self.unapplied_billing_events = Gauge(
             "referrals_scheduler_unapplied_billing_events",
             "Billing messages published before the last decision pass began that the "
