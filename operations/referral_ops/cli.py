@@ -27,7 +27,16 @@ from typing import TypeAlias
 
 import asyncpg
 
-from referral_ops import code_changes, legacy, listing, partners, payees, recompute, support
+from referral_ops import (
+    code_changes,
+    legacy,
+    listing,
+    partners,
+    payees,
+    recompute,
+    set_aside,
+    support,
+)
 from referral_program import codes
 from referral_program.table import RULES_VERSION, format_money
 from referral_runtime.db import connect
@@ -137,6 +146,50 @@ def cmd_recompute(args: argparse.Namespace) -> int:
     async def op(conn: asyncpg.Connection, settings: Settings) -> str:
         done = await recompute.recompute(conn, actor=actor, tz=settings.tz, dry_run=args.dry_run)
         return render_recomputation(done)
+
+    return _run(op)
+
+
+def cmd_outbox_set_aside(args: argparse.Namespace) -> int:
+    async def op(conn: asyncpg.Connection, settings: Settings) -> str:
+        rows = await set_aside.set_aside_rows(conn, include_dismissed=args.all)
+        if not rows:
+            return "no outbox rows set aside" + ("" if args.all else " waiting for a person")
+        lines = [f"{len(rows)} outbox rows set aside (refused by the broker for good):"]
+        for r in rows:
+            state = f", dismissed {r.dismissed_at:%Y-%m-%d %H:%M}" if r.dismissed_at else ""
+            source = ""
+            if "dlq.source.topic" in r.headers:
+                source = (
+                    f", dead letter of {r.headers['dlq.source.topic']} partition "
+                    f"{r.headers.get('dlq.source.partition')} offset "
+                    f"{r.headers.get('dlq.source.offset')}"
+                )
+            lines.append(
+                f"  {r.id}: {r.topic}, {r.size:,} bytes, set aside "
+                f"{r.set_aside_at:%Y-%m-%d %H:%M}{state}{source}: {r.reason}"
+            )
+        return "\n".join(lines)
+
+    return _run(op)
+
+
+def cmd_outbox_retry(args: argparse.Namespace) -> int:
+    actor = _actor(args)
+
+    async def op(conn: asyncpg.Connection, settings: Settings) -> str:
+        n = await set_aside.retry(conn, args.ids, actor=actor)
+        return f"{n} outbox row(s) back in the queue: the relays publish them within a poll"
+
+    return _run(op)
+
+
+def cmd_outbox_dismiss(args: argparse.Namespace) -> int:
+    actor = _actor(args)
+
+    async def op(conn: asyncpg.Connection, settings: Settings) -> str:
+        n = await set_aside.dismiss(conn, args.ids, actor=actor, note=args.note)
+        return f"{n} outbox row(s) dismissed: kept, set aside, never published"
 
     return _run(op)
 
@@ -590,6 +643,25 @@ def _add_support_commands(sub: Subcommands) -> None:
         help="show what would change without writing anything",
     )
     recompute_parser.set_defaults(func=_guarded(cmd_recompute))
+
+    outbox = sub.add_parser("outbox", help="outbox rows the broker refused for good and set aside")
+    outbox_sub = outbox.add_subparsers(dest="outbox_command", required=True)
+    listed = outbox_sub.add_parser("set-aside", help="list the rows set aside")
+    listed.add_argument("--all", action="store_true", help="dismissed ones too")
+    listed.set_defaults(func=_guarded(cmd_outbox_set_aside))
+    retried = outbox_sub.add_parser(
+        "retry", parents=[audited], help="put rows set aside back in the queue (cause fixed)"
+    )
+    retried.add_argument("ids", nargs="+", type=int, metavar="ID")
+    retried.set_defaults(func=_guarded(cmd_outbox_retry))
+    dismissed = outbox_sub.add_parser(
+        "dismiss",
+        parents=[audited],
+        help="record that rows set aside were handled and are not to be published",
+    )
+    dismissed.add_argument("ids", nargs="+", type=int, metavar="ID")
+    dismissed.add_argument("--note", required=True, help="why (kept in the audit log)")
+    dismissed.set_defaults(func=_guarded(cmd_outbox_dismiss))
 
 
 if __name__ == "__main__":

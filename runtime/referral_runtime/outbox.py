@@ -115,7 +115,8 @@ class OutboxMetrics:
         )
         self.set_aside_rows = Gauge(
             "referrals_outbox_set_aside_rows",
-            "Outbox rows set aside (refused for good, never published), by topic",
+            "Outbox rows set aside (refused for good, not published) that support has not "
+            "dismissed, by topic",
             ["topic"],
             registry=registry,
         )
@@ -144,8 +145,11 @@ select count(*) as n, coalesce(extract(epoch from now() - min(created_at)), 0) a
 from outbox where published_at is null and set_aside_at is null
 """
 
+# Rows support dismissed (handled, not to be published) no longer wait for anyone.
 _SET_ASIDE_BY_TOPIC = """
-select topic, count(*) as n from outbox where set_aside_at is not null group by topic
+select topic, count(*) as n from outbox
+where set_aside_at is not null and dismissed_at is null
+group by topic
 """
 
 

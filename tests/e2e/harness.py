@@ -181,6 +181,16 @@ def spawn(
     )
 
 
+def run_referrals(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
+    """`referrals ARGS` as a real process, to the end (no REFERRALS_ACTOR: pass --actor)."""
+    env = {**os.environ, **settings_env(settings)}
+    env.pop("REFERRALS_ACTOR", None)
+    script = str(Path(sys.executable).parent / "referrals")
+    return subprocess.run(
+        [script, *args], env=env, capture_output=True, text=True, timeout=120, check=False
+    )
+
+
 def terminate(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout: float = 15) -> int:
     if proc.poll() is None:
         proc.send_signal(sig)

@@ -30,6 +30,7 @@ from tests.e2e.harness import (
     broker_behind_proxy,
     inbox_reaches,
     read_topic,
+    run_referrals,
     running_consumer,
     spawn,
 )
@@ -107,11 +108,49 @@ async def test_a_dead_letter_too_large_to_publish_is_set_aside_and_payouts_go_ou
                 return gauge == 1
 
             await wait_for(reported, timeout=15)
+
+            # Support sees it, with where the original is, and dismisses it.
+            listed = await asyncio.to_thread(run_referrals, settings, "outbox", "set-aside")
+            assert listed.returncode == 0, listed.stderr
+            assert f"  {poison['id']}: {settings.topics.dlq}, {poison['size']:,} bytes" in (
+                listed.stdout
+            ), listed.stdout
+            assert f"dead letter of {settings.topics.subscription_created} partition" in (
+                listed.stdout
+            )
+            dismissed = await asyncio.to_thread(
+                run_referrals,
+                settings,
+                "outbox",
+                "dismiss",
+                str(poison["id"]),
+                "--note",
+                "oversized sign-up, raised with billing",
+                "--actor",
+                "sre-carol",
+            )
+            assert dismissed.returncode == 0, dismissed.stderr
+
+            def cleared() -> bool:
+                gauge = consumer.registry.get_sample_value(
+                    "referrals_outbox_set_aside_rows", {"topic": settings.topics.dlq}
+                )
+                return gauge is None
+
+            await wait_for(cleared, timeout=15)
     finally:
         await big.stop()
 
     row = await db.fetchrow("select * from outbox where id = $1", poison["id"])
     assert row["published_at"] is None and row["set_aside_at"] is not None
+    assert row["dismissed_at"] is not None
+    assert (
+        await db.fetchval(
+            "select actor from audit_log where action = 'outbox.dismiss' and subject = $1",
+            str(poison["id"]),
+        )
+        == "sre-carol"
+    )
     assert row["set_aside_reason"].startswith("too_large: "), row
     assert "MessageSizeTooLargeError" in row["set_aside_reason"], row
     assert len(row["payload"]) == poison["size"]  # kept whole, never deleted
@@ -167,8 +206,36 @@ async def test_the_relay_sets_aside_only_what_is_refused_for_good(
     assert sample("referrals_outbox_published_total", topic=topic) == 6
     assert sample("referrals_outbox_backlog") == 0
     assert sample("referrals_outbox_publish_failures_total", topic=settings.topics.dlq) is None
-    reason = await db.fetchval("select set_aside_reason from outbox where set_aside_at is not null")
-    assert reason.startswith("too_large: [Error 10] MessageSizeTooLargeError: The message is")
+    poison = await db.fetchrow(
+        "select id, set_aside_reason from outbox where set_aside_at is not null"
+    )
+    assert poison["set_aside_reason"].startswith(
+        "too_large: [Error 10] MessageSizeTooLargeError: The message is"
+    )
+
+    # Its cause fixed (here: a producer that takes larger requests), support puts it back.
+    assert (
+        await asyncio.to_thread(
+            run_referrals, settings, "outbox", "retry", "999999", "--actor", "sre-carol"
+        )
+    ).returncode == 2
+    retried = await asyncio.to_thread(
+        run_referrals, settings, "outbox", "retry", str(poison["id"]), "--actor", "sre-carol"
+    )
+    assert retried.returncode == 0, retried.stderr
+    pool = await create_pool(settings.database_url, size=2)
+    larger = AIOKafkaProducer(
+        bootstrap_servers=settings.kafka_bootstrap_servers, acks="all", max_request_size=2 * TWO_MIB
+    )
+    await larger.start()
+    try:
+        assert await OutboxRelay(pool, larger, OutboxMetrics(CollectorRegistry())).drain() == 1
+    finally:
+        await larger.stop()
+        await pool.close()
+    copy = await read_topic(settings, settings.topics.dlq, expect=1)
+    assert [len(m.value) for m in copy] == [TWO_MIB]
+    assert await db.fetchval("select count(*) from outbox where published_at is null") == 0
 
 
 def _value(metrics: OutboxMetrics, name: str, labels: dict[str, str]) -> float | None:

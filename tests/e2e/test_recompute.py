@@ -9,11 +9,7 @@ referral ``partner_ineligible`` (today a flag counts only from the instant it wa
 from __future__ import annotations
 
 import asyncio
-import os
-import subprocess
-import sys
 from datetime import UTC, date, datetime
-from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -26,8 +22,13 @@ from referral_program import codes
 from referral_program.table import RULES_VERSION
 from referral_runtime.db import create_pool
 from referral_runtime.settings import Settings
-from tests.conftest import settings_env
-from tests.e2e.harness import active_code, apply_plan, batch_plan, referral_status
+from tests.e2e.harness import (
+    active_code,
+    apply_plan,
+    batch_plan,
+    referral_status,
+    run_referrals,
+)
 
 VR = "virtual_receptionist"
 T0 = datetime(2026, 6, 1, 17, tzinfo=UTC)
@@ -79,22 +80,13 @@ async def _old_rulings(db: asyncpg.Connection, settings: Settings) -> None:
     )
 
 
-def _referrals(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, **settings_env(settings)}
-    env.pop("REFERRALS_ACTOR", None)
-    script = str(Path(sys.executable).parent / "referrals")
-    return subprocess.run(
-        [script, *args], env=env, capture_output=True, text=True, timeout=120, check=False
-    )
-
-
 async def test_migrate_recomputes_an_old_ruling_once_and_the_referral_is_then_paid(
     settings: Settings, db: asyncpg.Connection
 ) -> None:
     await _old_rulings(db, settings)
     assert await db.fetchval("select count(*) from rules_installed") == 0
 
-    done = await asyncio.to_thread(_referrals, settings, "migrate")
+    done = await asyncio.to_thread(run_referrals, settings, "migrate")
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines() == [
         "database is up to date",
@@ -125,7 +117,7 @@ async def test_migrate_recomputes_an_old_ruling_once_and_the_referral_is_then_pa
         "update referrals set reason = 'partner_ineligible', status = 'ineligible'"
         " where referee_account_id = 'plain'"
     )
-    again = await asyncio.to_thread(_referrals, settings, "migrate")
+    again = await asyncio.to_thread(run_referrals, settings, "migrate")
     assert again.returncode == 0, again.stderr
     assert again.stdout.splitlines() == ["database is up to date"]
     assert await referral_status(db, "plain") == ("ineligible", "partner_ineligible")
@@ -151,8 +143,8 @@ async def test_two_migrations_at_once_recompute_once(
 ) -> None:
     await _old_rulings(db, settings)
     runs = await asyncio.gather(
-        asyncio.to_thread(_referrals, settings, "migrate"),
-        asyncio.to_thread(_referrals, settings, "migrate"),
+        asyncio.to_thread(run_referrals, settings, "migrate"),
+        asyncio.to_thread(run_referrals, settings, "migrate"),
     )
     assert [r.returncode for r in runs] == [0, 0], [r.stderr for r in runs]
     installed = [r for r in runs if "installed" in r.stdout]
@@ -168,7 +160,7 @@ async def test_recompute_dry_run_shows_the_change_and_writes_nothing_then_the_re
     before = await db.fetch("select * from referrals order by referee_account_id")
 
     dry = await asyncio.to_thread(
-        _referrals, settings, "recompute", "--dry-run", "--actor", "support-alice"
+        run_referrals, settings, "recompute", "--dry-run", "--actor", "support-alice"
     )
     assert dry.returncode == 0, dry.stderr
     assert dry.stdout.splitlines() == [
@@ -182,11 +174,11 @@ async def test_recompute_dry_run_shows_the_change_and_writes_nothing_then_the_re
         == 0
     )
 
-    nobody = await asyncio.to_thread(_referrals, settings, "recompute", "--actor", " ")
+    nobody = await asyncio.to_thread(run_referrals, settings, "recompute", "--actor", " ")
     assert nobody.returncode == 2 and "--actor" in nobody.stderr
     assert await referral_status(db, "late-partner") == ("ineligible", "partner_ineligible")
 
-    real = await asyncio.to_thread(_referrals, settings, "recompute", "--actor", "support-alice")
+    real = await asyncio.to_thread(run_referrals, settings, "recompute", "--actor", "support-alice")
     assert real.returncode == 0, real.stderr
     assert real.stdout.splitlines() == [
         f"recomputed 2 undecided referrals under rules version {RULES_VERSION}: 1 changed "
@@ -202,7 +194,9 @@ async def test_recompute_dry_run_shows_the_change_and_writes_nothing_then_the_re
     assert (audit["actor"], audit["subject"]) == ("support-alice", f"rules v{RULES_VERSION}")
     assert '"changed": 1' in audit["details"] and '"examined": 2' in audit["details"]
 
-    settled = await asyncio.to_thread(_referrals, settings, "recompute", "--actor", "support-alice")
+    settled = await asyncio.to_thread(
+        run_referrals, settings, "recompute", "--actor", "support-alice"
+    )
     assert settled.stdout.splitlines() == [
         f"recomputed 2 undecided referrals under rules version {RULES_VERSION}: 0 changed"
     ]

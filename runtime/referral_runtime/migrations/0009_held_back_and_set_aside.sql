@@ -17,8 +17,14 @@ alter table outbox add column set_aside_at timestamptz;
 alter table outbox add column set_aside_reason text;
 alter table outbox add constraint outbox_set_aside_has_a_reason
     check ((set_aside_at is null) = (set_aside_reason is null));
+-- Support handled a row set aside and it is not to be published (`referrals outbox
+-- dismiss`, audited): it stays, set aside, and no longer counts as waiting for a person.
+alter table outbox add column dismissed_at timestamptz;
+alter table outbox add constraint outbox_dismissed_only_when_set_aside
+    check (dismissed_at is null or set_aside_at is not null);
 
--- The relay claims only rows still to publish.
-drop index outbox_unpublished;
-create index outbox_unpublished on outbox (id) where published_at is null and set_aside_at is null;
-create index outbox_set_aside on outbox (id) where set_aside_at is not null;
+-- The relay still claims through outbox_unpublished (published_at is null), skipping
+-- the few rows set aside; that index stays as it is, so the previous release's relay,
+-- during a rollout or after a roll back, finds its rows as fast as before.
+create index outbox_set_aside on outbox (topic)
+    where set_aside_at is not null and dismissed_at is null;
