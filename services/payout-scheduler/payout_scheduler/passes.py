@@ -145,12 +145,12 @@ async def decide_on_complete_facts(
     )
     metrics.facts_wait.observe(check.waited_seconds)
     metrics.unapplied_billing_events.set(check.unapplied)
-    stopped = PassResult(
+    undecided = PassResult(
         as_of, currency=settings.program_currency, facts=check,
         consumer_group=settings.consumer_group,
     )  # fmt: skip
     if check.stopped:
-        return stopped
+        return undecided
     if check.held_back:
         async with pool.acquire() as conn:
             since = await store.record_held_back(conn, check.waited_seconds, check.unapplied)
@@ -166,7 +166,7 @@ async def decide_on_complete_facts(
             waited_s=round(check.waited_seconds, 3),
             held_back_since=since.isoformat(),
         )
-        return stopped
+        return undecided
     async with pool.acquire() as conn:
         await store.clear_held_back(conn)
     metrics.held_back.set(0)
