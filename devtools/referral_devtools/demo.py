@@ -10,7 +10,8 @@ What it does, in order:
    marks the partners, then goes month by month: publish the month's events,
    wait until the consumer (the service's own code, in this process) applied
    or dead-lettered every one, and run the scheduler's decision pass for each
-   day of the month, publishing what it decided;
+   day of the month (as the scheduler does: once the consumer group committed
+   every billing event published so far), publishing what it decided;
 4. prints a summary read from the database, and checks that the number of
    ``payout.due`` messages on the topic equals the number of due payouts
    (exit status 1 if not).
@@ -43,8 +44,9 @@ from zoneinfo import ZoneInfo
 import asyncpg
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
+from payout_scheduler.completeness import broker_offsets
 from payout_scheduler.metrics import SchedulerMetrics
-from payout_scheduler.passes import run_pass
+from payout_scheduler.passes import decide_on_complete_facts
 from referral_consumer.app import ConsumerService
 from referral_devtools import demo_data, devstack
 from referral_ops import partners
@@ -350,7 +352,7 @@ async def _run(
     producer = make_producer(settings.kafka_bootstrap_servers, settings.kafka_security())
     await producer.start()
     try:
-        async with _running_consumer(settings) as consumer:
+        async with _running_consumer(settings) as consumer, broker_offsets(settings) as offsets:
             feed = Feed(pool, producer, topics, consumer, counts)
             months = await _setup(feed, plan, progress, decided, settings.tz)
             scheduler = SchedulerMetrics()
@@ -361,7 +363,11 @@ async def _run(
                 progress.show(index - 1, len(months), month.label, counts, decided, "consuming")
                 await feed.consumed()
                 for day in month.days():
-                    result = await run_pass(pool, settings, day, scheduler)
+                    # As the scheduler does: only once the consumer group applied every
+                    # billing event published so far.
+                    result = await decide_on_complete_facts(pool, settings, day, scheduler, offsets)
+                    if result.held_back:
+                        raise DemoError(f"the decision pass {result.summary()}")
                     decided.total += result.total
                     decided.due += result.count(Outcome.DUE)
                     decided.cash_cents += result.cash_total_cents

@@ -28,12 +28,22 @@ from zoneinfo import ZoneInfo
 
 import asyncpg
 
-from referral_ops import code_changes, legacy, listing, partners, payees, support
+from referral_ops import (
+    code_changes,
+    legacy,
+    listing,
+    partners,
+    payees,
+    recompute,
+    set_aside,
+    support,
+)
 from referral_program import codes
-from referral_program.table import format_money
+from referral_program.table import RULES_VERSION, format_money
 from referral_runtime.db import connect
 from referral_runtime.logs import configure_logging
-from referral_runtime.migrate import migrate
+from referral_runtime.migrate import Upgrade, upgrade
+from referral_runtime.recompute import Recomputation
 from referral_runtime.referral_state import Outbound
 from referral_runtime.settings import Settings, load_settings
 
@@ -113,16 +123,108 @@ def _guarded(command: Callable[[argparse.Namespace], int]) -> Callable[[argparse
 def cmd_migrate(args: argparse.Namespace) -> int:
     settings = load_settings()
 
-    async def run() -> list[int]:
+    async def run() -> Upgrade:
         conn = await connect(settings.database_url)
         try:
-            return await migrate(conn)
+            return await upgrade(conn, settings.tz)
         finally:
             await conn.close()
 
-    applied = asyncio.run(run())
-    print(f"applied migrations: {applied}" if applied else "database is up to date")
+    done = asyncio.run(run())
+    print(f"applied migrations: {done.applied}" if done.applied else "database is up to date")
+    if done.rules is not None:
+        was = f"version {done.rules.previous}" if done.rules.previous else "no recorded version"
+        print(
+            f"rules version {done.rules.version} installed (was {was}): "
+            + render_recomputation(done.rules.recomputation, details=False)
+        )
     return 0
+
+
+def cmd_recompute(args: argparse.Namespace) -> int:
+    actor = _actor(args)
+
+    async def op(conn: asyncpg.Connection, settings: Settings) -> str:
+        done = await recompute.recompute(conn, actor=actor, tz=settings.tz, dry_run=args.dry_run)
+        return render_recomputation(done)
+
+    return _run(op)
+
+
+def cmd_outbox_set_aside(args: argparse.Namespace) -> int:
+    async def op(conn: asyncpg.Connection, settings: Settings) -> str:
+        rows = await set_aside.set_aside_rows(conn, include_dismissed=args.all)
+        if not rows:
+            return "no outbox rows set aside" + ("" if args.all else " waiting for a person")
+        lines = [f"{len(rows)} outbox rows set aside (refused by the broker for good):"]
+        for r in rows:
+            state = f", dismissed {r.dismissed_at:%Y-%m-%d %H:%M}" if r.dismissed_at else ""
+            source = ""
+            if "dlq.source.topic" in r.headers:
+                source = (
+                    f", dead letter of {r.headers['dlq.source.topic']} partition "
+                    f"{r.headers.get('dlq.source.partition')} offset "
+                    f"{r.headers.get('dlq.source.offset')}"
+                )
+            lines.append(
+                f"  {r.id}: {r.topic}, {r.size:,} bytes, set aside "
+                f"{r.set_aside_at:%Y-%m-%d %H:%M}{state}{source}: {r.reason}"
+            )
+        return "\n".join(lines)
+
+    return _run(op)
+
+
+def cmd_outbox_retry(args: argparse.Namespace) -> int:
+    actor = _actor(args)
+
+    async def op(conn: asyncpg.Connection, settings: Settings) -> str:
+        n = await set_aside.retry(conn, args.ids, actor=actor)
+        return f"{n} outbox row(s) back in the queue: the relays publish them within a poll"
+
+    return _run(op)
+
+
+def cmd_outbox_dismiss(args: argparse.Namespace) -> int:
+    actor = _actor(args)
+
+    async def op(conn: asyncpg.Connection, settings: Settings) -> str:
+        n = await set_aside.dismiss(conn, args.ids, actor=actor, note=args.note)
+        return f"{n} outbox row(s) dismissed: kept, set aside, never published"
+
+    return _run(op)
+
+
+def render_recomputation(done: Recomputation, *, details: bool = True) -> str:
+    """Counts, then (with ``details``) every referral changed: before -> after."""
+    verb = "would change" if done.dry_run else "changed"
+    head = (
+        f"{'dry run, nothing written: ' if done.dry_run else ''}recomputed "
+        f"{done.examined} undecided referrals under rules version {RULES_VERSION}: "
+        f"{len(done.changes)} {verb}"
+    )
+    kinds = sorted(done.by_kind().items())
+    if kinds:
+        head += " (" + ", ".join(f"{b} -> {a}: {n}" for (b, a), n in kinds) + ")"
+    if not details:
+        return head
+    lines = [head]
+    for change in done.changes:
+        before, after = change.before, change.after
+        line = (
+            f"  referee {change.referee_account_id} (referrer {after.referrer_account_id}): "
+            f"{before.label() if before else 'none'} -> {after.label()}"
+        )
+        if before and before.referrer_account_id != after.referrer_account_id:
+            line += f"; referrer was {before.referrer_account_id}"
+        if before and before.first_payment_at != after.first_payment_at:
+            line += f"; first payment {_instant(before.first_payment_at)} -> {_instant(after.first_payment_at)}"
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def _instant(value: datetime | None) -> str:
+    return value.isoformat() if value else "none"
 
 
 def cmd_code_rotate(args: argparse.Namespace) -> int:
@@ -458,9 +560,11 @@ def build_parser() -> argparse.ArgumentParser:
     """The ``referrals`` parser: operator commands, then any installed plugin commands."""
     parser = argparse.ArgumentParser(prog="referrals", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("migrate", help="apply database migrations (idempotent)").set_defaults(
-        func=cmd_migrate
-    )
+    sub.add_parser(
+        "migrate",
+        help="apply database migrations (idempotent), and recompute the undecided referrals "
+        "when this release changes the rules",
+    ).set_defaults(func=cmd_migrate)
     _add_support_commands(sub)
     for plugin in entry_points(group=PLUGIN_GROUP):
         try:
@@ -552,6 +656,41 @@ def _add_support_commands(sub: Subcommands) -> None:
         "without writing anything",
     )
     legacy_import.set_defaults(func=_guarded(cmd_legacy_import))
+
+    recompute_parser = sub.add_parser(
+        "recompute",
+        parents=[audited],
+        help="recompute every undecided referral from its facts under the rules installed now",
+        description="Recompute every referral without a payout decision from its facts, under "
+        "the rules of this release, and show each one that changes (before -> after) and the "
+        "counts. Decided referrals never change. `referrals migrate` does this by itself when "
+        "a release changes the rules.",
+    )
+    recompute_parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="show what would change without writing anything",
+    )
+    recompute_parser.set_defaults(func=_guarded(cmd_recompute))
+
+    outbox = sub.add_parser("outbox", help="outbox rows the broker refused for good and set aside")
+    outbox_sub = outbox.add_subparsers(dest="outbox_command", required=True)
+    listed = outbox_sub.add_parser("set-aside", help="list the rows set aside")
+    listed.add_argument("--all", action="store_true", help="dismissed ones too")
+    listed.set_defaults(func=_guarded(cmd_outbox_set_aside))
+    retried = outbox_sub.add_parser(
+        "retry", parents=[audited], help="put rows set aside back in the queue (cause fixed)"
+    )
+    retried.add_argument("ids", nargs="+", type=int, metavar="ID")
+    retried.set_defaults(func=_guarded(cmd_outbox_retry))
+    dismissed = outbox_sub.add_parser(
+        "dismiss",
+        parents=[audited],
+        help="record that rows set aside were handled and are not to be published",
+    )
+    dismissed.add_argument("ids", nargs="+", type=int, metavar="ID")
+    dismissed.add_argument("--note", required=True, help="why (kept in the audit log)")
+    dismissed.set_defaults(func=_guarded(cmd_outbox_dismiss))
 
 
 if __name__ == "__main__":

@@ -30,6 +30,11 @@ QUALIFYING_FAMILIES = frozenset(REWARD_CENTS)
 #: What a new client signing up with a code gets off its first month (cents).
 REFEREE_DISCOUNT_CENTS = 10_000
 
+#: The version of the program's rules: bump it in the change that alters what attribution
+#: or eligibility decide (a reason, a compared fact, a public mail domain, a cut-off).
+#: `referrals migrate` then recomputes every undecided referral under the new rules, once.
+RULES_VERSION = 1
+
 
 class Status(StrEnum):
     """A referral's state as the consumer derives it from the facts."""

@@ -5,6 +5,14 @@ stays open until the broker acknowledged every message (``acks="all"``), so
 replicas never publish the same row concurrently, and a crash between the
 publish and the commit republishes the row with the same event id. Consumers
 dedupe on that id (``payout_id`` for payouts).
+
+No row holds up the ones behind it. A row the producer or the broker refuses
+for good (too large, say: :data:`REFUSED_FOR_GOOD`) is set aside: the row
+keeps its bytes and gets ``set_aside_at`` and ``set_aside_reason``, is never
+claimed again nor deleted, and is counted; the rest of the batch is published.
+A row refused together with others is first sent again on its own, so only
+the culprit is set aside. Anything else (the broker down, a timeout, too few
+replicas) is transient: the batch is not marked, and is retried as a whole.
 """
 
 from __future__ import annotations
@@ -19,7 +27,13 @@ from typing import Any
 import asyncpg
 import structlog
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError
+from aiokafka.errors import (
+    CorruptRecordException,
+    KafkaError,
+    MessageSizeTooLargeError,
+    RecordListTooLargeError,
+    RecordTooLargeError,
+)
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from referral_runtime.db import Conn
@@ -30,6 +44,18 @@ log = structlog.get_logger(__name__)
 
 #: The backlog gauges (and the caller's own) are refreshed at least this often.
 GAUGE_REFRESH_SECONDS = 5.0
+
+#: Errors that refuse one message whatever is retried (the producer's own size check
+#: raises the first of them before sending), by the reason label they are counted under.
+REFUSED_FOR_GOOD: dict[type[KafkaError], str] = {
+    MessageSizeTooLargeError: "too_large",
+    RecordListTooLargeError: "too_large",
+    RecordTooLargeError: "too_large",
+    CorruptRecordException: "corrupt_record",
+}
+_REFUSED = tuple(REFUSED_FOR_GOOD)
+#: ``outbox.set_aside_reason`` keeps this much of the error's text.
+_REASON_CHARS = 500
 
 
 @dataclass(frozen=True)
@@ -80,15 +106,80 @@ class OutboxMetrics:
             ["topic"],
             registry=registry,
         )
+        self.set_aside = Counter(
+            "referrals_outbox_set_aside",
+            "Outbox rows this relay set aside because the producer or the broker refused them "
+            "for good (they stay in the table, unpublished), by topic and reason",
+            ["topic", "reason"],
+            registry=registry,
+        )
+        self.set_aside_rows = Gauge(
+            "referrals_outbox_set_aside_rows",
+            "Outbox rows set aside (refused for good, not published) that support has not "
+            "dismissed, by topic",
+            ["topic"],
+            registry=registry,
+        )
 
 
 _CLAIM = """
 select id, topic, key, payload, headers from outbox
-where published_at is null
+where published_at is null and set_aside_at is null
 order by id
 limit $1
 for update skip locked
 """
+
+_MARK_PUBLISHED = """
+update outbox o set published_at = now()
+from unnest($1::bigint[]) as p(id) where o.id = p.id
+"""
+
+_SET_ASIDE = """
+update outbox o set set_aside_at = now(), set_aside_reason = r.reason
+from unnest($1::bigint[], $2::text[]) as r(id, reason) where o.id = r.id
+"""
+
+_BACKLOG = """
+select count(*) as n, coalesce(extract(epoch from now() - min(created_at)), 0) as age
+from outbox where published_at is null and set_aside_at is null
+"""
+
+# Rows support dismissed (handled, not to be published) no longer wait for anyone.
+_SET_ASIDE_BY_TOPIC = """
+select topic, count(*) as n from outbox
+where set_aside_at is not null and dismissed_at is null
+group by topic
+"""
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """Why the producer or the broker refused one row for good."""
+
+    reason: str  # the metric label: a value of REFUSED_FOR_GOOD
+    detail: str  # the error, as stored in outbox.set_aside_reason
+
+    @classmethod
+    def of(cls, error: BaseException) -> Refusal:
+        reason = next(r for kind, r in REFUSED_FOR_GOOD.items() if isinstance(error, kind))
+        text = str(error)
+        if type(error).__name__ not in text:
+            text = f"{type(error).__name__}: {text}"
+        return cls(reason, f"{reason}: {text}"[:_REASON_CHARS])
+
+
+@dataclass(frozen=True)
+class Relayed:
+    """What one claimed batch came to."""
+
+    published: int = 0
+    set_aside: int = 0
+
+    @property
+    def handled(self) -> int:
+        """Rows taken off the queue, either way."""
+        return self.published + self.set_aside
 
 
 class OutboxRelay:
@@ -121,60 +212,95 @@ class OutboxRelay:
             pool, producer, metrics, batch=s.outbox_batch, poll_seconds=s.outbox_poll_ms / 1000
         )
 
-    async def publish_pending(self) -> int:
-        """Claim, publish and mark one batch; returns how many rows were published."""
+    async def publish_pending(self) -> Relayed:
+        """Claim one batch, publish it, mark it; rows refused for good are set aside.
+
+        A transient failure propagates and leaves the whole batch to be retried.
+        """
         async with self._pool.acquire() as conn, conn.transaction():
             rows = await conn.fetch(_CLAIM, self._batch)
             if not rows:
-                return 0
-            await self._send(rows)
-            await conn.execute(
-                "update outbox o set published_at = now() from unnest($1::bigint[]) as p(id) where o.id = p.id",
-                [r["id"] for r in rows],
-            )
-        for row in rows:
+                return Relayed()
+            refused = await self._send(rows)
+            published = [r for r in rows if r["id"] not in refused]
+            await conn.execute(_MARK_PUBLISHED, [r["id"] for r in published])
+            if refused:
+                await conn.execute(_SET_ASIDE, list(refused), [r.detail for r in refused.values()])
+        for row in published:
             self._metrics.published.labels(row["topic"]).inc()
-        return len(rows)
-
-    async def _send(self, rows: Sequence[asyncpg.Record]) -> None:
-        futures = []
         for row in rows:
-            headers = [(k, str(v).encode()) for k, v in _headers(row["headers"]).items()]
-            try:
-                futures.append(
-                    await self._producer.send(
-                        row["topic"], row["payload"], key=row["key"], headers=headers
-                    )
+            if (refusal := refused.get(row["id"])) is not None:
+                self._metrics.set_aside.labels(row["topic"], refusal.reason).inc()
+                log.error(
+                    "outbox_message_set_aside",
+                    outbox_id=row["id"],
+                    topic=row["topic"],
+                    bytes=len(row["payload"]),
+                    reason=refusal.reason,
+                    detail=refusal.detail,
                 )
+        return Relayed(len(published), len(refused))
+
+    async def _send(self, rows: Sequence[asyncpg.Record]) -> dict[int, Refusal]:
+        """Publish ``rows`` (acknowledged by the broker); returns those refused for good, by id."""
+        refused: dict[int, Refusal] = {}
+        sent: list[tuple[asyncpg.Record, asyncio.Future[Any]]] = []
+        for row in rows:
+            try:
+                sent.append((row, await self._send_one(row)))
+            except _REFUSED as exc:  # the producer's own check: this message alone
+                refused[row["id"]] = Refusal.of(exc)
             except Exception:
                 self._metrics.failures.labels(row["topic"]).inc()
                 raise
-        results = await asyncio.gather(*futures, return_exceptions=True)
-        failed = [
-            (row, r) for row, r in zip(rows, results, strict=True) if isinstance(r, Exception)
-        ]
-        for row, _ in failed:
-            self._metrics.failures.labels(row["topic"]).inc()
-        if failed:
-            raise failed[0][1]
+        results = await asyncio.gather(*(future for _, future in sent), return_exceptions=True)
+        suspects = []
+        transient: BaseException | None = None
+        for (row, _), result in zip(sent, results, strict=True):
+            if isinstance(result, _REFUSED):
+                suspects.append(row)
+            elif isinstance(result, BaseException):
+                self._metrics.failures.labels(row["topic"]).inc()
+                transient = transient or result
+        if transient is not None:
+            raise transient
+        # The broker refuses a whole request: whoever shared it is sent again alone.
+        for row in suspects:
+            try:
+                await (await self._send_one(row))
+            except _REFUSED as exc:
+                refused[row["id"]] = Refusal.of(exc)
+            except Exception:
+                self._metrics.failures.labels(row["topic"]).inc()
+                raise
+        return refused
+
+    async def _send_one(self, row: asyncpg.Record) -> asyncio.Future[Any]:
+        headers = [(k, str(v).encode()) for k, v in _headers(row["headers"]).items()]
+        future: asyncio.Future[Any] = await self._producer.send(
+            row["topic"], row["payload"], key=row["key"], headers=headers
+        )
+        return future
 
     async def refresh_backlog(self) -> None:
-        """Update the backlog gauges from the table."""
+        """Update the backlog gauges (rows still to publish, rows set aside) from the table."""
         async with self._pool.acquire() as conn:
-            row = await conn.fetchrow(
-                """select count(*) as n,
-                          coalesce(extract(epoch from now() - min(created_at)), 0) as age
-                   from outbox where published_at is null"""
-            )
+            row = await conn.fetchrow(_BACKLOG)
+            set_aside = {r["topic"]: r["n"] for r in await conn.fetch(_SET_ASIDE_BY_TOPIC)}
         assert row is not None
         self._metrics.backlog.set(row["n"])
         self._metrics.oldest_age.set(float(row["age"]))
+        gauge = self._metrics.set_aside_rows
+        for labels in {s.labels["topic"] for s in _samples(gauge)} - set(set_aside):
+            gauge.remove(labels)
+        for topic, n in set_aside.items():
+            gauge.labels(topic).set(n)
 
     async def drain(self) -> int:
-        """Publish until the outbox is empty; returns the number published."""
+        """Publish until nothing is left to publish; returns the number published."""
         total = 0
-        while n := await self.publish_pending():
-            total += n
+        while (relayed := await self.publish_pending()).handled:
+            total += relayed.published
         await self.refresh_backlog()
         return total
 
@@ -194,10 +320,10 @@ class OutboxRelay:
         backoff = Backoff(self._poll, 10.0)
         gauges_due = 0.0
         while not stopping.is_set():
-            published = 0
+            handled = 0
             try:
-                published = await self.publish_pending()
-                if published or time.monotonic() >= gauges_due:
+                handled = (await self.publish_pending()).handled
+                if handled or time.monotonic() >= gauges_due:
                     await self.refresh_backlog()
                     if refresh is not None:
                         await refresh()
@@ -219,8 +345,12 @@ class OutboxRelay:
                 )
             if on_health is not None:
                 on_health()
-            if published < self._batch:
+            if handled < self._batch:
                 await sleep_unless_stopped(stopping, delay)
+
+
+def _samples(gauge: Gauge) -> list[Any]:
+    return [s for metric in gauge.collect() for s in metric.samples]
 
 
 def _headers(value: Any) -> dict[str, Any]:

@@ -97,6 +97,11 @@ class Settings(BaseSettings):
     #: How often each service checks the database (`select 1`) and the broker (a metadata
     #: request) for its readiness probe, also while idle.
     health_probe_seconds: float = Field(default=5.0, gt=0, le=60)
+    # Decisions only on complete facts: how long a decision pass waits for the consumer group
+    # to apply every billing event published when it began, and how soon a pass held back
+    # (it decided nothing) is tried again.
+    scheduler_facts_wait_seconds: float = Field(default=600.0, ge=0, le=3600)
+    scheduler_held_back_retry_seconds: float = Field(default=30.0, gt=0, le=3600)
 
     @field_validator("program_timezone")
     @classmethod

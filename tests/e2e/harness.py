@@ -33,6 +33,7 @@ from referral_devtools import synthetic as bill
 from referral_runtime.referral_state import Outbound
 from referral_runtime.settings import Settings
 from tests.conftest import settings_env, wait_for
+from tests.e2e.fault_proxy import FaultProxy
 
 _offsets = itertools.count()
 
@@ -87,6 +88,24 @@ async def running_consumer(
         yield service
     finally:
         await service.stop()
+
+
+@contextlib.asynccontextmanager
+async def broker_behind_proxy(root: Path) -> AsyncIterator[tuple[FaultProxy, str]]:
+    """A Tansu of its own behind a :class:`FaultProxy`, advertising the proxy's address, so
+    every connection of every client goes through the proxy; yields it and the bootstrap."""
+    broker_port = devstack.free_port()
+    proxy = FaultProxy(broker_port)
+    await proxy.start()
+    broker, _ = devstack.start_broker(root / "broker.log", broker_port, advertised_port=proxy.port)
+    try:
+        yield proxy, f"127.0.0.1:{proxy.port}"
+    finally:
+        await proxy.close()
+        broker.terminate()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            broker.wait(5)
+        broker.kill()
 
 
 @contextlib.asynccontextmanager
@@ -162,6 +181,16 @@ def spawn(
         env=env,
         stdout=log.open("ab"),
         stderr=subprocess.STDOUT,
+    )
+
+
+def run_referrals(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
+    """`referrals ARGS` as a real process, to the end (no REFERRALS_ACTOR: pass --actor)."""
+    env = {**os.environ, **settings_env(settings)}
+    env.pop("REFERRALS_ACTOR", None)
+    script = str(Path(sys.executable).parent / "referrals")
+    return subprocess.run(
+        [script, *args], env=env, capture_output=True, text=True, timeout=120, check=False
     )
 
 

@@ -9,11 +9,9 @@ short tests run in ``make test``; longer storms are marked ``chaos`` (``make cha
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import shutil
-import subprocess
 import tempfile
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -30,6 +28,7 @@ from referral_runtime.settings import Settings, Topics
 from tests.conftest import Stack, wait_for
 from tests.e2e.fault_proxy import FaultProxy
 from tests.e2e.harness import (
+    broker_behind_proxy,
     http_status,
     producer,
     read_topic,
@@ -55,18 +54,10 @@ async def faulty(stack: Stack) -> AsyncIterator[FaultyBroker]:
     if os.environ.get("TEST_STACK", "embedded") != "embedded":
         pytest.skip("the fault proxy needs a broker that advertises the proxy's port")
     root = Path(tempfile.mkdtemp(prefix="faulty-broker-"))
-    broker_port = devstack.free_port()
-    proxy = FaultProxy(broker_port)
-    await proxy.start()
-    broker, _ = devstack.start_broker(root / "broker.log", broker_port, advertised_port=proxy.port)
     try:
-        yield FaultyBroker(proxy, f"127.0.0.1:{proxy.port}")
+        async with broker_behind_proxy(root) as (proxy, bootstrap):
+            yield FaultyBroker(proxy, bootstrap)
     finally:
-        await proxy.close()
-        broker.terminate()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            broker.wait(5)
-        broker.kill()
         shutil.rmtree(root, ignore_errors=True)
         print(f"\nbroker faults: {dict(TALLY)}")
 

@@ -14,17 +14,26 @@ from datetime import date, datetime
 from pathlib import Path
 
 import asyncpg
+import pytest
 from prometheus_client import CollectorRegistry
 
 from payout_scheduler.metrics import SchedulerMetrics
 from payout_scheduler.passes import run_pass
+from referral_devtools import devstack
 from referral_devtools.devstack import free_port
 from referral_devtools.seed import seed
 from referral_program.decisions import decidable_before, payout_id_for
 from referral_runtime.db import create_pool
 from referral_runtime.settings import Settings
-from tests.conftest import wait_for
-from tests.e2e.harness import Received, http_status, read_topic, spawn, terminate
+from tests.conftest import TEST_STACK, wait_for
+from tests.e2e.harness import (
+    Received,
+    broker_behind_proxy,
+    http_status,
+    read_topic,
+    spawn,
+    terminate,
+)
 
 AS_OF = date(2027, 4, 2)
 
@@ -137,44 +146,71 @@ async def test_a_pass_skips_referrals_another_replica_holds_and_the_next_pass_ta
 async def test_killed_between_commit_and_publish_the_restart_publishes_once(
     settings: Settings, db: asyncpg.Connection, tmp_path: Path
 ) -> None:
-    """The scheduler decides (commits) while the broker is unreachable, and is SIGKILLed."""
+    """The scheduler commits its decisions, the broker becomes unreachable before it can
+    publish them, and it is SIGKILLed.
+
+    A pass decides only after it saw the broker (its facts must be complete), so the
+    broker is cut while the pass waits, after that check, at its first write: the test
+    holds the ``payouts`` table until the cut.
+    """
+    if TEST_STACK != "embedded":
+        pytest.skip("the fault proxy needs a broker that advertises the proxy's port")
     today = datetime.now(settings.tz).date()
     expected = await _seed_due(db, settings, 300, today)
     log = tmp_path / "scheduler.log"
-    unreachable = f"127.0.0.1:{free_port()}"
     port = free_port()
-    proc = spawn(
-        ["payout-scheduler"],
-        settings,
-        log,
-        KAFKA_BOOTSTRAP_SERVERS=unreachable,
-        HTTP_PORT=str(port),
-    )
-    try:
+    async with broker_behind_proxy(tmp_path) as (proxy, bootstrap):
+        s = settings.model_copy(update={"kafka_bootstrap_servers": bootstrap})
+        await devstack.create_topics(bootstrap, s.topics.all, partitions=4)
+        holder = await asyncpg.connect(s.database_url)
+        hold = holder.transaction()
+        await hold.start()
+        await holder.execute("lock table payouts in exclusive mode")
+        proc = spawn(["payout-scheduler"], s, log, HTTP_PORT=str(port), HEALTH_PROBE_SECONDS="0.5")
+        try:
 
-        async def committed_not_published() -> bool:
-            unpublished = await db.fetchval(
-                "select count(*) from outbox where published_at is null"
+            async def pass_waits_to_write() -> bool:
+                waiting = await db.fetchval(
+                    "select count(*) from pg_locks"
+                    " where relation = 'payouts'::regclass and not granted"
+                )
+                return bool(waiting)
+
+            await wait_for(pass_waits_to_write, timeout=30)
+            proxy.cut()
+            await hold.commit()
+
+            async def committed_not_published() -> bool:
+                unpublished = await db.fetchval(
+                    "select count(*) from outbox where published_at is null"
+                )
+                return bool(unpublished == 300)
+
+            await wait_for(committed_not_published, timeout=30)
+            assert await db.fetchval("select count(*) from payouts") == 300
+
+            # Alive, but not ready: it cannot publish.
+            async def serving() -> bool:
+                return await asyncio.to_thread(http_status, port, "/healthz") == 200
+
+            async def unready() -> bool:
+                return await asyncio.to_thread(http_status, port, "/readyz") == 503
+
+            await wait_for(serving, timeout=10)
+            await wait_for(unready, timeout=10)
+            assert (
+                await db.fetchval("select count(*) from outbox where published_at is not null") == 0
             )
-            return bool(unpublished == 300)
+        finally:
+            await asyncio.to_thread(terminate, proc, signal.SIGKILL)
+            await holder.close()
 
-        await wait_for(committed_not_published, timeout=30)
-        assert await db.fetchval("select count(*) from payouts") == 300
-
-        # Alive, deciding, but not ready: it cannot publish.
-        async def serving() -> bool:
-            return await asyncio.to_thread(http_status, port, "/healthz") == 200
-
-        await wait_for(serving, timeout=10)
-        assert await asyncio.to_thread(http_status, port, "/readyz") == 503
-    finally:
-        await asyncio.to_thread(terminate, proc, signal.SIGKILL)
-
-    restart = tmp_path / "tick.log"
-    tick = spawn(["payout-scheduler", "tick", "--as-of", today.isoformat()], settings, restart)
-    assert await asyncio.to_thread(tick.wait, 60) == 0, restart.read_text()
-    assert "decided 0 referrals" in restart.read_text()
-    received = await read_topic(settings, settings.topics.payout_due, expect=300)
+        proxy.heal()
+        restart = tmp_path / "tick.log"
+        tick = spawn(["payout-scheduler", "tick", "--as-of", today.isoformat()], s, restart)
+        assert await asyncio.to_thread(tick.wait, 60) == 0, restart.read_text()
+        assert "decided 0 referrals" in restart.read_text()
+        received = await read_topic(s, s.topics.payout_due, expect=300)
     counts = _payout_ids(received)
     assert set(counts) == expected and len(received) == 300
 

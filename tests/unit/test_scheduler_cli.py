@@ -9,6 +9,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from payout_scheduler import main as scheduler_main
+from payout_scheduler.completeness import FactsCheck
 from payout_scheduler.main import as_of_date, main
 from payout_scheduler.passes import PassResult
 from payout_scheduler.service import TickResult
@@ -61,6 +62,21 @@ def test_summary_of_an_empty_pass() -> None:
         "as of 2027-04-02: decided 0 referrals in 0.00s: 0 due, 0 forfeited, 0 ineligible; "
         "cash due $0.00."
     )
+
+
+def test_summary_of_a_held_back_pass_says_why_nothing_was_decided() -> None:
+    held = PassResult(
+        date(2027, 4, 2),
+        facts=FactsCheck(False, 2.04, unapplied=5, partitions_behind=2),
+        consumer_group="referral-consumer",
+    )
+    assert held.held_back
+    assert held.summary() == (
+        "as of 2027-04-02: held back, nothing decided: consumer group referral-consumer had "
+        "not applied 5 billing message(s) published before the pass began (2 partition(s) "
+        "behind) after waiting 2.0s."
+    )
+    assert not PassResult(date(2027, 4, 2), facts=FactsCheck(True, 0.1)).held_back
 
 
 @pytest.fixture

@@ -4,7 +4,11 @@ Exit status of ``tick``: 0 when the pass committed and the outbox is published,
 1 when the database or the broker could not be used (decisions that committed
 stand; their messages wait in the outbox for the next tick or the running
 scheduler), 2 for wrong arguments or configuration, including an ``--as-of``
-after today in the program time zone without ``--allow-future``.
+after today in the program time zone without ``--allow-future``, 3 when the
+pass was held back: the consumer group had not applied every billing event
+published before the pass began within ``SCHEDULER_FACTS_WAIT_SECONDS``, so
+nothing was decided (the outbox is published all the same); run it again once
+the consumer has caught up.
 """
 
 from __future__ import annotations
@@ -25,6 +29,9 @@ from payout_scheduler.service import SchedulerService, tick
 from referral_runtime.db import TRANSIENT_DB_ERRORS
 from referral_runtime.logs import configure_logging
 from referral_runtime.settings import Settings, load_settings
+
+#: ``tick``'s exit status when the pass was held back (nothing decided).
+HELD_BACK = 3
 
 
 def as_of_date(text: str) -> date:
@@ -98,6 +105,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{result.decision_pass.summary()} Published {result.published} outbox "
         f"message(s); {result.backlog} left unpublished."
     )
+    if result.decision_pass.held_back:
+        print(
+            "error: decisions held back: the consumer has not applied every billing event "
+            "published before the pass began, and a decision on incomplete facts cannot be "
+            "undone. Check the consumer (running, lag, CONSUMER_GROUP) and run the tick again.",
+            file=sys.stderr,
+        )
+        return HELD_BACK
     return 0
 
 

@@ -61,3 +61,40 @@ class SchedulerMetrics:
             registry=registry,
         )
         self.outbox = OutboxMetrics(registry)
+        # Decisions only on complete facts (payout_scheduler.completeness).
+        self.facts_wait = Histogram(
+            "referrals_scheduler_facts_wait_seconds",
+            "How long a decision pass waited for the consumer group to apply every billing "
+            "event published when it began (held-back passes included)",
+            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600),
+            registry=registry,
+        )
+        self.held_back = Gauge(
+            "referrals_scheduler_held_back",
+            "1 when the last decision pass was held back (the consumer group had not applied "
+            "the billing events published before it began: nothing was decided), else 0; NaN "
+            "until this process has read it",
+            registry=registry,
+        )
+        self.held_back_since = Gauge(
+            "referrals_scheduler_held_back_since_timestamp_seconds",
+            "Unix time since which every decision pass has been held back (kept in the "
+            "database across restarts); 0 when the last pass was not held back, NaN until "
+            "this process has read it",
+            registry=registry,
+        )
+        # Unknown, not "not held back", until read from the database: a restart must not
+        # look like a pass that decided (the held-back alert would go quiet).
+        self.held_back.set(float("nan"))
+        self.held_back_since.set(float("nan"))
+        self.unapplied_billing_events = Gauge(
+            "referrals_scheduler_unapplied_billing_events",
+            "Billing messages published before the last decision pass began that the "
+            "consumer group had not applied when that pass stopped waiting",
+            registry=registry,
+        )
+        self.passes_held_back = Counter(
+            "referrals_scheduler_passes_held_back",
+            "Decision passes held back: they decided nothing, and are tried again soon",
+            registry=registry,
+        )

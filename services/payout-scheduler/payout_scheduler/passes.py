@@ -1,5 +1,13 @@
 """The decision pass: every referral decidable on a day, decided once, in chunks.
 
+Production passes (the scheduler's loop through :func:`catch_up`, and
+``payout-scheduler tick``) go through :func:`decide_on_complete_facts`: it
+waits until the consumer group has applied every billing event published when
+the pass began (:mod:`payout_scheduler.completeness`), and decides nothing
+when it has not in time (the pass is held back). :func:`run_pass` is the pass
+itself, for callers that know the database already holds every fact (the
+benchmark, tests on state written straight to the database).
+
 A pass walks the decidable referrals in ``referral_id`` order, one chunk per
 transaction: lock the chunk (``SKIP LOCKED``, so replicas share the work and
 never decide a referral twice), decide it with the pure core, write the
@@ -23,10 +31,17 @@ import structlog
 
 from payout_scheduler import store
 from payout_scheduler.collector import no_cycle_collection
+from payout_scheduler.completeness import (
+    FactsCheck,
+    OffsetsReader,
+    broker_offsets,
+    wait_for_complete_facts,
+)
 from payout_scheduler.metrics import SchedulerMetrics
 from referral_program.business_days import business_day_horizon
 from referral_program.decisions import Decision, decidable_before, decide
 from referral_program.table import Outcome, format_money
+from referral_runtime.db import Conn
 from referral_runtime.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -52,8 +67,16 @@ class PassResult:
     cash_due_cents: Counter[str] = field(default_factory=Counter)  # plan family -> cents
     chunks: int = 0
     seconds: float = 0.0
-    completed: bool = False  # False when stopped before the last chunk
+    completed: bool = False  # False when stopped before the last chunk, or held back
     currency: str = "USD"  # the program currency, for the summary
+    #: How the wait for complete facts ended (None: the pass was run without it).
+    facts: FactsCheck | None = None
+    consumer_group: str = ""
+
+    @property
+    def held_back(self) -> bool:
+        """The consumer group had not applied every billing event in time: nothing decided."""
+        return self.facts is not None and self.facts.held_back
 
     @property
     def total(self) -> int:
@@ -68,6 +91,13 @@ class PassResult:
 
     def summary(self) -> str:
         """One human paragraph: what was decided as of the day, and the cash due."""
+        if self.facts is not None and self.held_back:
+            return (
+                f"as of {self.as_of:%Y-%m-%d}: held back, nothing decided: consumer group "
+                f"{self.consumer_group} had not applied {self.facts.unapplied} billing "
+                f"message(s) published before the pass began ({self.facts.partitions_behind} "
+                f"partition(s) behind) after waiting {self.facts.waited_seconds:.1f}s."
+            )
         cash = ", ".join(
             f"{family} {format_money(cents, self.currency)}"
             for family, cents in sorted(self.cash_due_cents.items())
@@ -88,6 +118,72 @@ class PassResult:
         )
 
 
+async def decide_on_complete_facts(
+    pool: asyncpg.Pool,
+    settings: Settings,
+    as_of: date,
+    metrics: SchedulerMetrics,
+    offsets: OffsetsReader,
+    *,
+    stopping: asyncio.Event | None = None,
+) -> PassResult:
+    """A decision pass on complete facts only: wait for the consumer group, then decide.
+
+    Waits at most ``settings.scheduler_facts_wait_seconds`` for the group
+    ``settings.consumer_group`` to commit every message that the billing
+    topics held when the call began. If it does not, the pass is held back:
+    nothing is decided, the hold is recorded (``scheduler_held_back``, the
+    metrics) and the result says so (:attr:`PassResult.held_back`). Broker
+    errors propagate, and nothing is decided then either.
+    """
+    check = await wait_for_complete_facts(
+        offsets,
+        list(settings.topics.billing),
+        settings.consumer_group,
+        settings.scheduler_facts_wait_seconds,
+        stopping=stopping,
+    )
+    metrics.facts_wait.observe(check.waited_seconds)
+    metrics.unapplied_billing_events.set(check.unapplied)
+    undecided = PassResult(
+        as_of, currency=settings.program_currency, facts=check,
+        consumer_group=settings.consumer_group,
+    )  # fmt: skip
+    if check.stopped:
+        return undecided
+    if check.held_back:
+        async with pool.acquire() as conn:
+            since = await store.record_held_back(conn, check.waited_seconds, check.unapplied)
+        metrics.passes_held_back.inc()
+        metrics.held_back.set(1)
+        metrics.held_back_since.set(since.timestamp())
+        log.warning(
+            "decision_pass_held_back",
+            as_of=as_of.isoformat(),
+            consumer_group=settings.consumer_group,
+            unapplied=check.unapplied,
+            partitions_behind=check.partitions_behind,
+            waited_s=round(check.waited_seconds, 3),
+            held_back_since=since.isoformat(),
+        )
+        return undecided
+    async with pool.acquire() as conn:
+        await store.clear_held_back(conn)
+    metrics.held_back.set(0)
+    metrics.held_back_since.set(0)
+    result = await run_pass(pool, settings, as_of, metrics, stopping=stopping)
+    result.facts = check
+    result.consumer_group = settings.consumer_group
+    return result
+
+
+async def refresh_held_back(conn: Conn, metrics: SchedulerMetrics) -> None:
+    """Set the held-back gauges from the database, as the last pass of any process left them."""
+    since = await store.held_back_since(conn)
+    metrics.held_back.set(0 if since is None else 1)
+    metrics.held_back_since.set(0 if since is None else since.timestamp())
+
+
 async def run_pass(
     pool: asyncpg.Pool,
     settings: Settings,
@@ -99,7 +195,8 @@ async def run_pass(
 ) -> PassResult:
     """Decide every referral decidable on ``as_of`` that no replica has decided; record the pass.
 
-    One transaction per chunk of ``settings.scheduler_batch`` referrals;
+    Decides with whatever facts the database holds: production calls it only
+    through :func:`decide_on_complete_facts`. One transaction per chunk of ``settings.scheduler_batch`` referrals;
     ``workers`` chunks are in flight at once (on as many pool connections), so
     the database writes one chunk while Python decides the next. Returns the
     decisions this call recorded. Database errors propagate; chunks committed
@@ -226,17 +323,27 @@ async def catch_up(
     Decisions do not depend on the pass date, so the pass as of ``today`` alone
     would decide everything decidable; the daily passes keep ``scheduler_passes``
     a complete record of the days, and each decides what became decidable that day.
+    Every pass waits for complete facts (:func:`decide_on_complete_facts`); the
+    first one held back ends the catch-up (it is the last result), and the
+    next call starts again from its day.
     """
     async with pool.acquire() as conn:
         last = await store.last_pass(conn)
+        await refresh_held_back(conn, metrics)
     first = today
     if last is not None and last < today:
         first = max(last + timedelta(days=1), today - timedelta(days=MAX_CATCH_UP_DAYS - 1))
-    results = []
+    results: list[PassResult] = []
     day = first
-    while day <= today and (stopping is None or not stopping.is_set()):
-        results.append(await run_pass(pool, settings, day, metrics, stopping=stopping))
-        day += timedelta(days=1)
+    async with broker_offsets(settings) as offsets:
+        while day <= today and (stopping is None or not stopping.is_set()):
+            result = await decide_on_complete_facts(
+                pool, settings, day, metrics, offsets, stopping=stopping
+            )
+            results.append(result)
+            if not result.completed:
+                break
+            day += timedelta(days=1)
     return results
 
 

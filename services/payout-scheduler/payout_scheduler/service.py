@@ -16,13 +16,14 @@ import asyncpg
 import structlog
 from aiokafka import AIOKafkaProducer
 
+from payout_scheduler.completeness import broker_offsets
 from payout_scheduler.metrics import SchedulerMetrics
 from payout_scheduler.passes import (
     PassResult,
     catch_up,
+    decide_on_complete_facts,
     refresh_due_soon,
     refresh_overdue,
-    run_pass,
 )
 from referral_runtime.db import TRANSIENT_DB_ERRORS, create_pool, open_pool
 from referral_runtime.health import DependencyProbe
@@ -45,15 +46,19 @@ class TickResult:
 
 
 async def tick(settings: Settings, as_of: date, metrics: SchedulerMetrics) -> TickResult:
-    """One pass as of ``as_of``, then publish the outbox until it is empty.
+    """One pass as of ``as_of`` on complete facts, then publish the outbox until it is empty.
 
-    The pass commits before anything is published: if the broker is unreachable
-    the decisions stand and their messages wait in the outbox (the error
-    propagates after the pass).
+    The pass first waits for the consumer group to apply every billing event
+    published when it began; if it does not in time, nothing is decided
+    (``decision_pass.held_back``) and the outbox is published all the same.
+    The pass commits before anything is published: if the broker becomes
+    unreachable the decisions stand and their messages wait in the outbox (the
+    error propagates after the pass).
     """
     pool = await create_pool(settings.database_url, size=2)
     try:
-        decision_pass = await run_pass(pool, settings, as_of, metrics)
+        async with broker_offsets(settings) as offsets:
+            decision_pass = await decide_on_complete_facts(pool, settings, as_of, metrics, offsets)
         producer = await start_producer(settings)
         try:
             relay = OutboxRelay.from_settings(pool, producer, metrics.outbox, settings)
@@ -157,12 +162,14 @@ class SchedulerService:
         backoff = Backoff(1.0, _MAX_BACKOFF_SECONDS)
         while not self.stopping.is_set():
             try:
-                await catch_up(pool, s, self.today(), self.metrics, stopping=self.stopping)
+                passes = await catch_up(pool, s, self.today(), self.metrics, stopping=self.stopping)
                 await refresh_due_soon(pool, s, self.today(), self.metrics)
                 await refresh_overdue(pool, s, self.today(), self.metrics)
                 self.db_ok = True
                 backoff.reset()
                 wait = float(s.scheduler_interval_seconds)
+                if passes and passes[-1].held_back:  # tried again soon, not an hour later
+                    wait = min(wait, s.scheduler_held_back_retry_seconds)
             except Exception as exc:
                 self.metrics.pass_failures.inc()
                 if isinstance(exc, TRANSIENT_DB_ERRORS):

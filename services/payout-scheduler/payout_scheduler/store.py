@@ -322,3 +322,31 @@ async def count_undecided(conn: Conn, first_payment_before: datetime) -> int:
 async def count_due_soon(conn: Conn, topic: str, horizon: date) -> int:
     """Unpublished ``payout.due`` messages whose ``pay_by`` is on or before ``horizon``."""
     return int(await conn.fetchval(_DUE_SOON, topic, horizon))
+
+
+# Decisions only on complete facts: the first held-back pass sets `since` (the instant
+# its wait began); later ones keep it.
+_RECORD_HELD_BACK = """
+insert into scheduler_held_back (since, checked_at, unapplied)
+values (now() - make_interval(secs => $1), now(), $2)
+on conflict (only_row) do update
+set checked_at = excluded.checked_at, unapplied = excluded.unapplied
+returning since
+"""
+
+
+async def record_held_back(conn: Conn, waited_seconds: float, unapplied: int) -> datetime:
+    """Remember that a pass was held back; returns since when passes have been held back."""
+    since: datetime = await conn.fetchval(_RECORD_HELD_BACK, waited_seconds, unapplied)
+    return since
+
+
+async def clear_held_back(conn: Conn) -> None:
+    """A pass saw complete facts: decisions are no longer held back."""
+    await conn.execute("delete from scheduler_held_back")
+
+
+async def held_back_since(conn: Conn) -> datetime | None:
+    """Since when decision passes have been held back, or None when the last one was not."""
+    since: datetime | None = await conn.fetchval("select since from scheduler_held_back")
+    return since
