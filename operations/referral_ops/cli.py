@@ -211,6 +211,13 @@ def render_recomputation(done: Recomputation, *, details: bool = True) -> str:
     lines = [head]
     for change in done.changes:
         before, after = change.before, change.after
+        if after is None:
+            assert before is not None
+            lines.append(
+                f"  referee {change.referee_account_id} (referrer {before.referrer_account_id}): "
+                f"{before.label()} -> none (no sign-up attributes it any more)"
+            )
+            continue
         line = (
             f"  referee {change.referee_account_id} (referrer {after.referrer_account_id}): "
             f"{before.label() if before else 'none'} -> {after.label()}"

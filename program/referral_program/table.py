@@ -33,7 +33,9 @@ REFEREE_DISCOUNT_CENTS = 10_000
 #: The version of the program's rules: bump it in the change that alters what attribution
 #: or eligibility decide (a reason, a compared fact, a public mail domain, a cut-off).
 #: `referrals migrate` then recomputes every undecided referral under the new rules, once.
-RULES_VERSION = 1
+#: 1: partner flags count from the instant support set them; 2: public mail domains from
+#: the maintained free-mail list, revoked codes attribute sign-ups made before the revoke.
+RULES_VERSION = 2
 
 
 class Status(StrEnum):

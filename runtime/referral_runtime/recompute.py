@@ -26,23 +26,32 @@ import asyncpg
 import structlog
 
 from referral_program.table import RULES_VERSION
-from referral_runtime.referral_state import lock_for_writing, recompute_referrals
+from referral_runtime.referral_state import (
+    forget_unreferred,
+    lock_for_writing,
+    recompute_referrals,
+)
 
 log = structlog.get_logger(__name__)
 
 #: Referee accounts recomputed per transaction.
 CHUNK = 1000
 
-# Accounts that may be referees (a subscription carrying a known code) and whose
-# referral, if any, has no decision; in account order, a page at a time.
+# Accounts that may be referees (a subscription carrying a known code), or that have
+# an undecided referral row (which a re-resolved code may have left without any
+# attributing sign-up), and whose referral, if any, has no decision; in account
+# order, a page at a time.
 _UNDECIDED_REFEREES = """
-select distinct s.account_id
-from subscriptions s
-where s.referrer_account_id is not null
-  and s.account_id > $1
-  and not exists (select 1 from referrals r join payouts p using (referral_id)
-                  where r.referee_account_id = s.account_id)
-order by s.account_id
+select account_id from (
+    select s.account_id from subscriptions s
+    where s.referrer_account_id is not null and s.account_id > $1
+    union
+    select r.referee_account_id from referrals r
+    where r.referee_account_id > $1
+) as candidate
+where not exists (select 1 from referrals r join payouts p using (referral_id)
+                  where r.referee_account_id = candidate.account_id)
+order by account_id
 limit $2
 """
 
@@ -73,7 +82,7 @@ class Change:
 
     referee_account_id: str
     before: Ruling | None  # None: there was no referral row
-    after: Ruling
+    after: Ruling | None  # None: the referee is no longer referred, its row is gone
 
 
 @dataclass
@@ -87,7 +96,8 @@ class Recomputation:
     def by_kind(self) -> Counter[tuple[str, str]]:
         """Changes counted by (before, after) label; a new row's before is ``none``."""
         return Counter(
-            (c.before.label() if c.before else "none", c.after.label()) for c in self.changes
+            (c.before.label() if c.before else "none", c.after.label() if c.after else "none")
+            for c in self.changes
         )
 
 
@@ -111,7 +121,8 @@ async def recompute_undecided(
         try:
             await lock_for_writing(conn, accounts, [], [])
             before = await _rulings(conn, accounts)
-            await recompute_referrals(conn, accounts, [], tz=tz)
+            forgotten = await forget_unreferred(conn, accounts)
+            await recompute_referrals(conn, sorted(set(accounts) - forgotten), [], tz=tz)
             now = await _rulings(conn, accounts)
         except BaseException:
             await transaction.rollback()
@@ -122,9 +133,9 @@ async def recompute_undecided(
             await transaction.commit()
         result.examined += len(accounts)
         result.changes += [
-            Change(account, before.get(account), ruling)
-            for account, ruling in sorted(now.items())
-            if before.get(account) != ruling
+            Change(account, before.get(account), now.get(account))
+            for account in sorted(before.keys() | now.keys())
+            if before.get(account) != now.get(account)
         ]
         after = accounts[-1]
 

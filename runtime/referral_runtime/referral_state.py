@@ -361,6 +361,13 @@ returning r.referee_account_id
 """
 
 
+async def forget_unreferred(conn: Conn, referees: Collection[str]) -> set[str]:
+    """Delete the undecided referral rows of ``referees`` that no sign-up attributes any more;
+    returns those referees. The caller holds their accounts locked."""
+    rows = await conn.fetch(_FORGET_UNREFERRED, sorted(referees))
+    return {r["referee_account_id"] for r in rows}
+
+
 @dataclass(frozen=True)
 class Reattributed:
     """What re-resolving some referees' codes did to their referral rows."""
@@ -384,10 +391,6 @@ async def reattribute(
         return Reattributed((), Counter())
     referrers = {r["account_id"] for r in await conn.fetch(_REFERRERS, sorted(referees), [])}
     await lock_accounts(conn, referrers - set(held), "key share")
-    forgotten = tuple(
-        sorted(
-            r["referee_account_id"] for r in await conn.fetch(_FORGET_UNREFERRED, sorted(referees))
-        )
-    )
+    forgotten = tuple(sorted(await forget_unreferred(conn, referees)))
     changed = await recompute_referrals(conn, sorted(set(referees) - set(forgotten)), [], tz=tz)
     return Reattributed(forgotten, changed)

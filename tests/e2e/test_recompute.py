@@ -200,3 +200,58 @@ async def test_recompute_dry_run_shows_the_change_and_writes_nothing_then_the_re
     assert settled.stdout.splitlines() == [
         f"recomputed 2 undecided referrals under rules version {RULES_VERSION}: 0 changed"
     ]
+
+
+async def test_migrate_to_rules_version_2_frees_public_mail_and_forgets_unattributed_sign_ups(
+    settings: Settings, db: asyncpg.Connection
+) -> None:
+    """Version 2 of the rules: public mail domains from the maintained list (two clients of
+    yahoo.co.uk are not one company) and revocation by business time (migration 0008 takes
+    the referrer off sign-ups made after a revoke). The upgrade's recompute frees the first
+    and removes the undecided referral row of the second."""
+    await _feed(
+        db,
+        settings,
+        bill.subscription_created("alice", "alice-s", VR, T0, email="alice@yahoo.co.uk"),
+        bill.subscription_created("carol", "carol-s", VR, T0),
+    )
+    alice = codes.display(await active_code(db, "alice"))
+    carol = codes.display(await active_code(db, "carol"))
+    await _feed(
+        db,
+        settings,
+        bill.subscription_created(
+            "bob", "bob-s", VR, SIGNED_UP, code=alice, email="bob@yahoo.co.uk"
+        ),
+        bill.invoice_paid("bob", "bob-s", "bob-i1", 19900, PAID),
+        bill.subscription_created("dave", "dave-s", VR, SIGNED_UP, code=carol),
+    )
+    assert await referral_status(db, "bob") == ("qualified", None)
+    # As version 1 left them: yahoo.co.uk was a private domain, and dave's sign-up was
+    # attributed although carol's code had been revoked before it (0008 has since taken
+    # the referrer off the sign-up; the referral row stayed).
+    await db.execute(
+        "insert into rules_installed (version, referrals_examined, referrals_changed)"
+        " values (1, 0, 0)"
+    )
+    await db.execute(
+        """update referrals set status = 'ineligible', reason = 'same_email_domain'
+           where referee_account_id = 'bob'"""
+    )
+    await db.execute(
+        """update subscriptions set referrer_account_id = null, code_outcome = 'revoked'
+           where subscription_id = 'dave-s'"""
+    )
+    assert RULES_VERSION == 2
+
+    done = await asyncio.to_thread(run_referrals, settings, "migrate")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [
+        "database is up to date",
+        "rules version 2 installed (was version 1): recomputed 2 undecided referrals under rules "
+        "version 2: 2 changed (ineligible/same_email_domain -> qualified: 1, pending -> none: 1)",
+    ]
+    assert await referral_status(db, "bob") == ("qualified", None)
+    assert (
+        await db.fetchval("select count(*) from referrals where referee_account_id = 'dave'") == 0
+    )
