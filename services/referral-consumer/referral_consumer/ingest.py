@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Protocol, TypeAlias
+from typing import TypeAlias
 
 from pydantic import ValidationError
 
@@ -21,23 +21,12 @@ from referral_events import (
     SubscriptionCancelled,
     SubscriptionCreated,
 )
+from referral_runtime.dead_letters import DeadLetter
+from referral_runtime.records import Record
+
+__all__ = ["BillingEvent", "DeadLetter", "Parsed", "Record", "parse_record"]
 
 BillingEvent: TypeAlias = SubscriptionCreated | InvoicePaid | SubscriptionCancelled
-
-
-class Record(Protocol):
-    """What we read of a Kafka record (aiokafka's ConsumerRecord satisfies it)."""
-
-    @property
-    def topic(self) -> str: ...
-    @property
-    def partition(self) -> int: ...
-    @property
-    def offset(self) -> int: ...
-    @property
-    def key(self) -> bytes | None: ...
-    @property
-    def value(self) -> bytes | None: ...
 
 
 @dataclass(frozen=True)
@@ -47,13 +36,6 @@ class Parsed:
     #: The currency of a billing event (``subscription.created``, ``invoice.paid``) that is
     #: not the program's; the event is applied as usual and only counted.
     foreign_currency: str | None = None
-
-
-@dataclass(frozen=True)
-class DeadLetter:
-    record: Record
-    reason: DeadLetterReason
-    detail: str
 
 
 def parse_record(
