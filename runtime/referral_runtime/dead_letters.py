@@ -7,11 +7,14 @@ through the outbox, with headers that name the error and where it came from.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from referral_events import DeadLetterReason
+from pydantic import ValidationError
+
+from referral_events import SUPPORTED_SCHEMA_VERSION, DeadLetterReason
 from referral_runtime.db import Conn
 from referral_runtime.outbox import OutboxMessage
 from referral_runtime.records import Record
@@ -70,3 +73,39 @@ async def record_dead_letters(
         }
         messages.append(OutboxMessage(dlq_topic, d.record.key, d.record.value or b"", headers))
     return messages
+
+
+def rejection(
+    exc: ValidationError, value: bytes, expected: Sequence[str]
+) -> tuple[DeadLetterReason, str]:
+    """Why a message that failed validation is dead-lettered, and a detail a person can act on.
+
+    ``expected`` is the event types its topic carries. The detail names fields
+    and messages only, never values: the offending values may be personal data.
+    """
+    errors = exc.errors(include_url=False, include_input=False)
+    if any(e["type"] in {"json_invalid", "json_type"} for e in errors):
+        return DeadLetterReason.UNPARSEABLE, f"not a JSON object: {errors[0]['msg']}"
+    try:
+        document = json.loads(value)
+    except ValueError:  # pragma: no cover - pydantic already parsed it
+        document = {}
+    if not isinstance(document, dict):
+        return DeadLetterReason.UNPARSEABLE, "the message is JSON but not an object"
+    version = document.get("schema_version")
+    if isinstance(version, int) and version > SUPPORTED_SCHEMA_VERSION:
+        return (
+            DeadLetterReason.UNSUPPORTED_SCHEMA_VERSION,
+            f"schema_version {version} > supported {SUPPORTED_SCHEMA_VERSION}",
+        )
+    actual = document.get("event_type")
+    if isinstance(actual, str) and actual not in expected:
+        carried = " or ".join(repr(t) for t in expected)
+        return (
+            DeadLetterReason.EVENT_TYPE_MISMATCH,
+            f"event_type {actual[:60]!r} on a topic that carries {carried}",
+        )
+    detail = "; ".join(
+        f"{'.'.join(str(p) for p in e['loc']) or '(root)'}: {e['msg']}" for e in errors[:5]
+    )
+    return DeadLetterReason.INVALID, detail[:1000]

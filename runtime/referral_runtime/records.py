@@ -85,3 +85,25 @@ def batch_fields(records: Sequence[Record]) -> dict[str, Any]:
             for (topic, partition), (first, last) in sorted(spans.items())
         ],
     }
+
+
+async def tolerant_batch_parser(records: Any, original: Any) -> Any:
+    """A FastStream batch parser that survives a header that is not UTF-8.
+
+    FastStream's own parser decodes headers as UTF-8 and would drop the whole
+    batch on one bad header; headers are not part of the contract, so an
+    undecodable one is replaced and the records are parsed again.
+    """
+    try:
+        return await original(records)
+    except UnicodeDecodeError:
+        for record in records:
+            record.headers = [
+                (k, v.decode(errors="replace").encode()) for k, v in (record.headers or [])
+            ]
+        return await original(records)
+
+
+async def skip_decoding(message: Any) -> None:
+    """A FastStream decoder that decodes nothing: handlers read the raw records."""
+    return None
