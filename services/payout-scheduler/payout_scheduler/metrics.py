@@ -132,6 +132,11 @@ class StatusMetrics:
             ["partition"],
             registry=registry,
         )
+        self.assigned_partitions = Gauge(
+            "referrals_payout_status_assigned_partitions",
+            "Partitions of the status topic assigned to this replica",
+            registry=registry,
+        )
         self.db_retries = Counter(
             "referrals_payout_status_db_retries",
             "Status batch transactions retried after a database error",

@@ -151,7 +151,7 @@ async def apply_status_batch(
         was = standing(payout, known[payout_id])
         now_stands, outcomes = receive(payout, known[payout_id], [r.report() for r in batch])
         outcome_of.update((r.event.event_id, o.value) for r, o in zip(batch, outcomes, strict=True))
-        if now_stands != was:
+        if _columns(now_stands) != _columns(was):
             standings[payout_id] = now_stands
 
     inserted = await _insert_reports(conn, new, outcome_of)
@@ -212,24 +212,27 @@ async def _insert_reports(
     return {row["event_id"] for row in rows}
 
 
+def _columns(s: Standing) -> tuple[object, ...]:
+    """What ``payouts`` stores of a standing, in the order :data:`_WRITE_STANDINGS` takes it."""
+    p, f = s.payment, s.failure
+    return (
+        s.status.value,
+        p.at if p else None,
+        p.attempt if p else None,
+        p.amount_cents if p else None,
+        p.currency if p else None,
+        p.reference if p else None,
+        f.at if f else None,
+        f.reason if f else None,
+    )
+
+
 async def _write_standings(conn: Conn, standings: dict[UUID, Standing]) -> None:
     if not standings:
         return
     ids = sorted(standings)
-    paid = [standings[i].payment for i in ids]
-    failed = [standings[i].failure for i in ids]
-    await conn.execute(
-        _WRITE_STANDINGS,
-        ids,
-        [standings[i].status.value for i in ids],
-        [p.at if p else None for p in paid],
-        [p.attempt if p else None for p in paid],
-        [p.amount_cents if p else None for p in paid],
-        [p.currency if p else None for p in paid],
-        [p.reference if p else None for p in paid],
-        [f.at if f else None for f in failed],
-        [f.reason if f else None for f in failed],
-    )
+    columns = zip(*(_columns(standings[i]) for i in ids), strict=True)
+    await conn.execute(_WRITE_STANDINGS, ids, *(list(c) for c in columns))
 
 
 @dataclass(frozen=True)

@@ -97,6 +97,7 @@ class _Rebalances(ConsumerRebalanceListener):  # type: ignore[misc]
                 self._subscriber.metrics.lag.remove(str(tp.partition))
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        self._subscriber.metrics.assigned_partitions.set(len(assigned))
         log.info(
             "payout_status_partitions_assigned",
             partitions=sorted(f"{t.topic}:{t.partition}" for t in assigned),
