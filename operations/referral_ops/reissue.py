@@ -21,6 +21,7 @@ from referral_ops.support import InvalidInput, SupportError, audit, checked_acto
 from referral_program import codes
 from referral_program.payouts import MONEY_OUT, attempt_event_id, can_reissue
 from referral_program.table import Outcome, PayoutStatus, format_money
+from referral_runtime.db import Conn
 from referral_runtime.outbox import OutboxMessage, enqueue
 
 
@@ -106,7 +107,7 @@ def refusal(row: asyncpg.Record) -> str | None:
 
 
 async def reissue_payout(
-    conn: asyncpg.Connection,
+    conn: Conn,
     payout_id: UUID,
     *,
     actor: str,

@@ -143,11 +143,11 @@ async def apply_status_batch(
     outcome_of: dict[UUID, str] = {}
     standings: dict[UUID, Standing] = {}
     for payout_id, batch in arriving.items():
-        row = announced.get(payout_id)
-        if row is None:
+        locked = announced.get(payout_id)
+        if locked is None:
             outcome_of.update((r.event.event_id, Outcome.UNKNOWN_PAYOUT.value) for r in batch)
             continue
-        payout = Announced(payout_id, row["attempt"], row["amount_cents"], row["currency"])
+        payout = Announced(payout_id, locked["attempt"], locked["amount_cents"], locked["currency"])
         was = standing(payout, known[payout_id])
         now_stands, outcomes = receive(payout, known[payout_id], [r.report() for r in batch])
         outcome_of.update((r.event.event_id, o.value) for r, o in zip(batch, outcomes, strict=True))
