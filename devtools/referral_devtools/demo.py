@@ -12,9 +12,16 @@ What it does, in order:
    or dead-lettered every one, and run the scheduler's decision pass for each
    day of the month (as the scheduler does: once the consumer group committed
    every billing event published so far), publishing what it decided;
-4. prints a summary read from the database, and checks that the number of
-   ``payout.due`` messages on the topic equals the number of due payouts
-   (exit status 1 if not).
+4. plays finance too (:mod:`referral_devtools.demo_finance`): reads each
+   ``payout.due`` off the topic and, on its business day, publishes
+   ``payout.paid`` (most on time, some late, one with a wrong amount) or
+   ``payout.failed`` (re-issued by support on the 1st of the next month, then
+   paid);
+   the scheduler's own status subscriber applies them;
+5. prints a summary read from the database, and checks that the number of
+   ``payout.due`` messages on the topic equals the number of due payouts, and
+   that the payouts paid, failed, overdue and mismatched are what finance
+   published (exit status 1 if not).
 """
 
 from __future__ import annotations
@@ -36,6 +43,7 @@ import warnings
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
+from datetime import date
 from pathlib import Path
 from types import FrameType
 from typing import Any, TextIO
@@ -47,9 +55,11 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from payout_scheduler.completeness import broker_offsets
 from payout_scheduler.metrics import SchedulerMetrics
 from payout_scheduler.passes import decide_on_complete_facts
+from payout_scheduler.status_subscriber import StatusSubscriber
 from referral_consumer.app import ConsumerService
 from referral_devtools import demo_data, devstack
-from referral_ops import partners
+from referral_devtools.demo_finance import FinancePlayer, FinanceTally
+from referral_ops import partners, payout_report
 from referral_program import codes
 from referral_program.table import REWARD_CENTS, Outcome, format_money
 from referral_runtime.db import connect, create_pool
@@ -145,7 +155,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         keep = args.keep
         if keep:
             print(stack.keep_instructions(report.top_referrer))
-        return 0 if report.topic.matches(report.due_count) else 1
+        return 0 if report.topic.matches(report.due_count) and report.finance.matches() else 1
     except KeyboardInterrupt:
         print("\ninterrupted: stopping the stack", file=sys.stderr)
         return 130
@@ -304,11 +314,17 @@ class TopicTally:
     cash_cents: int
     currencies: Counter[str]  # payout.due messages by currency
     program_currency: str
+    attempts: int = 0  # distinct (payout_id, attempt)
+    reissued: int = 0  # re-issues support made (each one message with the next attempt)
 
     def matches(self, due: int) -> bool:
-        """One message per due payout, every one in the program currency."""
+        """One message per due payout and per re-issue, every one in the program currency."""
         in_program_currency = set(self.currencies) <= {self.program_currency}
-        return self.payout_ids == due and self.messages == due and in_program_currency
+        return (
+            self.payout_ids == due
+            and self.messages == self.attempts == due + self.reissued
+            and in_program_currency
+        )
 
 
 @dataclass
@@ -326,6 +342,7 @@ class Report:
     by_family: list[asyncpg.Record]
     dead_by_reason: list[asyncpg.Record]
     topic: TopicTally
+    finance: FinanceTally
     top_referrer: str | None
     stack_seconds: float
     seconds: float = 0.0
@@ -351,13 +368,24 @@ async def _run(
     pool = await create_pool(settings.database_url, size=4)
     producer = make_producer(settings.kafka_bootstrap_servers, settings.kafka_security())
     await producer.start()
+    scheduler = SchedulerMetrics()
+    stopping = asyncio.Event()
+    statuses = StatusSubscriber(settings, scheduler.status, stopping, today=lambda: last_day)
+    player = FinancePlayer(settings, producer, pool, args.seed, ACTOR, settings.tz)
+    last_day = date(plan.year, 1, 1)
     try:
+        await statuses.start(pool)
+        await player.start()
         async with _running_consumer(settings) as consumer, broker_offsets(settings) as offsets:
             feed = Feed(pool, producer, topics, consumer, counts)
             months = await _setup(feed, plan, progress, decided, settings.tz)
-            scheduler = SchedulerMetrics()
             relay = OutboxRelay(pool, producer, scheduler.outbox, batch=settings.outbox_batch)
             for index, month in enumerate(months, start=1):
+                # Support's round on the 1st: what failed last month is re-issued.
+                await player.wait_applied(STALL_SECONDS)
+                if await player.reissue_failed(month.start):
+                    await relay.drain()
+                    await player.read_announcements()
                 progress.show(index - 1, len(months), month.label, counts, decided, "publishing")
                 await feed.publish(month.messages)
                 progress.show(index - 1, len(months), month.label, counts, decided, "consuming")
@@ -373,16 +401,25 @@ async def _run(
                     decided.cash_cents += result.cash_total_cents
                     if result.count(Outcome.DUE):
                         await relay.drain()
+                        await player.read_announcements()
+                    await player.publish_until(day)
                     fraction = index - 1 + day.day / len(month.days())
                     progress.show(fraction, len(months), f"{day}", counts, decided)
+                last_day = month.days()[-1]
                 progress.month_done(month.label, counts, decided)
             consumed = consumer_outcomes(consumer)
         await relay.drain()  # whatever the consumer's relay left
+        await player.wait_applied(STALL_SECONDS)
         progress.finish()
         async with pool.acquire() as conn:
             summary = await _read_summary(conn)
+            finance_tally = await _finance_tally(conn, player, last_day, settings)
         tally = await count_payouts_on_topic(settings, topics.payout_due)
+        tally.reissued = player.reissued
     finally:
+        stopping.set()
+        await statuses.stop()
+        await player.stop()
         await producer.stop()
         await pool.close()
     return Report(
@@ -390,8 +427,38 @@ async def _run(
         counts=counts,
         consumed=consumed,
         topic=tally,
+        finance=finance_tally,
         stack_seconds=stack_seconds,
         **summary,
+    )
+
+
+async def _finance_tally(
+    conn: Any, player: FinancePlayer, as_of: date, settings: Settings
+) -> FinanceTally:
+    """What finance published against what ``referrals payouts`` shows on ``as_of``."""
+    shown = await payout_report.payout_report(conn, today=as_of, tz=settings.tz)
+    recorded: Counter[str] = Counter(p.status for p in shown.payouts)
+    recorded_cents: Counter[str] = Counter()
+    for p in shown.payouts:
+        recorded_cents[p.status] += p.amount_cents
+    expected, expected_cents = player.expected(as_of)
+    return FinanceTally(
+        as_of=as_of,
+        expected=expected,
+        recorded=recorded,
+        expected_cents=expected_cents,
+        recorded_cents=recorded_cents,
+        reports=player.published,
+        applied=await player.applied(),
+        reissued=player.reissued,
+        paid_late_expected=player.paid_late(),
+        paid_late_recorded=sum(
+            1
+            for p in shown.payouts
+            if p.status == "paid" and p.paid_on is not None and p.paid_on > p.pay_by
+        ),
+        currency=settings.program_currency,
     )
 
 
@@ -517,7 +584,7 @@ async def count_payouts_on_topic(settings: Settings, topic: str) -> TopicTally:
         consumer.assign(partitions)
         await consumer.seek_to_beginning(*partitions)
         ends = await consumer.end_offsets(partitions)
-        messages, payout_ids, cents = 0, set(), 0
+        messages, payout_ids, attempts, cents = 0, set(), set(), 0
         currencies: Counter[str] = Counter()
         deadline = asyncio.get_running_loop().time() + 60
         while [tp for tp, end in ends.items() if await consumer.position(tp) < end]:
@@ -527,13 +594,16 @@ async def count_payouts_on_topic(settings: Settings, topic: str) -> TopicTally:
                 for record in records:
                     data = json.loads(record.value or b"{}").get("data", {})
                     messages += 1
+                    attempts.add((data.get("payout_id"), data.get("attempt", 1)))
                     currencies[str(data.get("currency"))] += 1
                     if data.get("payout_id") not in payout_ids:
                         payout_ids.add(data.get("payout_id"))
                         cents += int(data.get("amount_cents", 0))
     finally:
         await consumer.stop()
-    return TopicTally(messages, len(payout_ids), cents, currencies, settings.program_currency)
+    return TopicTally(
+        messages, len(payout_ids), cents, currencies, settings.program_currency, len(attempts)
+    )
 
 
 # --- the summary --------------------------------------------------------------------------
@@ -731,6 +801,9 @@ def render_summary(report: Report) -> str:
     )
 
     out.append("")
+    out += _render_finance(report.finance)
+
+    out.append("")
     tally = report.topic
     verdict = (
         "matches"
@@ -738,13 +811,44 @@ def render_summary(report: Report) -> str:
         else f"MISMATCH: {report.due_count:,} due payouts in the database"
     )
     currencies = ", ".join(f"{n:,} in {c}" for c, n in sorted(tally.currencies.items()))
+    reissues = (
+        f" ({tally.payout_ids:,} payouts, {tally.reissued:,} re-issues)" if tally.reissued else ""
+    )
     out.append(
-        f"payout.due events on the topic: {tally.messages:,}"
+        f"payout.due events on the topic: {tally.messages:,}{reissues}"
         + (f", {currencies}" if currencies else "")
         + f" ({verdict}; program currency {tally.program_currency})"
     )
     out.append(f"took {_duration(report.seconds)} (starting the stack {report.stack_seconds:.1f}s)")
     return "\n".join(out)
+
+
+def _render_finance(tally: FinanceTally) -> list[str]:
+    """Payouts by status as finance's reports left them, each beside what finance published."""
+    out = [f"Payouts with finance (as of {tally.as_of}, what finance published -> recorded)"]
+    always = {"paid", "failed", "overdue", "mismatched"}
+    statuses = [
+        s for s in payout_report.STATUSES if s in always or tally.expected[s] or tally.recorded[s]
+    ]
+    rows = [
+        (
+            status,
+            f"{tally.expected[status]:,}",
+            f"{tally.recorded[status]:,}",
+            _cash(tally.recorded_cents[status]),
+            "" if (tally.expected[status], tally.expected_cents[status])
+            == (tally.recorded[status], tally.recorded_cents[status]) else "MISMATCH",
+        )
+        for status in statuses
+    ]  # fmt: skip
+    out += _table(("status", "published", "recorded", "cash", ""), rows, right={1, 2, 3})
+    verdict = "matches" if tally.matches() else "MISMATCH"
+    out.append(
+        f"  {tally.reports:,} reports published, {tally.applied:,} applied; "
+        f"{tally.reissued:,} re-issued after a failure; {tally.paid_late_recorded:,} paid after "
+        f"pay_by (finance paid {tally.paid_late_expected:,} late) ({verdict})"
+    )
+    return out
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]], *, right: set[int]) -> list[str]:

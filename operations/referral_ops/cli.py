@@ -34,7 +34,9 @@ from referral_ops import (
     listing,
     partners,
     payees,
+    payout_report,
     recompute,
+    reissue,
     set_aside,
     support,
 )
@@ -74,8 +76,12 @@ def _error(message: str) -> None:
     print(f"error: {message}", file=sys.stderr)
 
 
-def _run(operation: Operation, settings: Settings | None = None) -> int:
-    """Connect, run one operation, print its report; map failures to exit statuses."""
+def _run(
+    operation: Operation,
+    settings: Settings | None = None,
+    emit: Callable[[str], object] = print,
+) -> int:
+    """Connect, run one operation, ``emit`` its report; map failures to exit statuses."""
     settings = settings or load_settings()
 
     async def run() -> str:
@@ -96,7 +102,7 @@ def _run(operation: Operation, settings: Settings | None = None) -> int:
     except _DB_UNAVAILABLE as exc:
         _error(f"can't use the database ({type(exc).__name__}: {exc}); check DATABASE_URL")
         return 1
-    print(report)
+    emit(report)
     return 0
 
 
@@ -302,16 +308,24 @@ def cmd_payee_set(args: argparse.Namespace) -> int:
         )
         was = f" (was {done.previous})" if done.previous else ""
         if done.referee_account_id:
-            return (
+            report = (
                 f"payee of the referral of {done.referee_account_id} "
                 f"(referrer {done.referrer_account_id}) set to {done.payee}{was}"
             )
-        return (
+            if done.failed_payout:
+                report += "; its payout failed: `referrals payout reissue` pays it to them"
+            return report
+        report = (
             f"default payee of {done.referrer_account_id} set to {done.payee}{was}: "
             f"{done.following} undecided referrals follow it, "
             f"{done.own_payee} keep their own payee, "
             f"{done.decided} already decided keep theirs"
         )
+        if done.failed_following:
+            report += (
+                f" ({done.failed_following} of them failed: a re-issue pays those to {done.payee})"
+            )
+        return report
 
     return _run(op)
 
@@ -391,6 +405,53 @@ def cmd_legacy_import(args: argparse.Namespace) -> int:
         return render_legacy_import(done, credit_day, settings.tz)
 
     return _run(op, settings)
+
+
+def cmd_payouts(args: argparse.Namespace) -> int:
+    month = payout_report.parse_month(args.month) if args.month else None
+    statuses = payout_report.parse_statuses(args.status)
+
+    async def op(conn: asyncpg.Connection, settings: Settings) -> str:
+        report = await payout_report.payout_report(
+            conn,
+            today=datetime.now(settings.tz).date(),
+            tz=settings.tz,
+            month=month,
+            statuses=statuses,
+        )
+        if args.format == "json":
+            return json.dumps(report.to_json(), indent=2)
+        if args.format == "csv":
+            return payout_report.render_csv(report)
+        return payout_report.render_table(report)
+
+    if args.format == "csv":
+        # Bytes, whatever the terminal's encoding: the file is UTF-8 with its byte order mark.
+        return _run(op, emit=lambda text: sys.stdout.buffer.write(text.encode()))
+    return _run(op)
+
+
+def cmd_payout_reissue(args: argparse.Namespace) -> int:
+    actor = _actor(args)
+    payout_id = reissue.parse_payout_id(args.payout_id)
+
+    async def op(conn: asyncpg.Connection, settings: Settings) -> str:
+        done = await reissue.reissue_payout(
+            conn,
+            payout_id,
+            actor=actor,
+            topic=settings.topics.payout_due,
+            now=datetime.now(UTC),
+        )
+        was = f" (was {done.previous_payee})" if done.previous_payee != done.payee else ""
+        failed = f" after it failed ({done.failure_reason})" if done.failure_reason else ""
+        return (
+            f"payout {done.payout_id} re-issued{failed}: attempt {done.attempt}, "
+            f"{format_money(done.amount_cents, done.currency)} to {done.payee}{was}; "
+            "payout.due queued for finance"
+        )
+
+    return _run(op)
 
 
 def _credit_day(instant: datetime, tz: ZoneInfo) -> str:
@@ -637,6 +698,40 @@ def _add_support_commands(sub: Subcommands) -> None:
     listing.add_argument("--referrer", required=True, help="the referring account")
     listing.add_argument("--format", choices=("table", "json"), default="table")
     listing.set_defaults(func=_guarded(cmd_list))
+
+    payouts = sub.add_parser(
+        "payouts",
+        help="finance's view of the due payouts: payee, amount, pay_by, attempt, status, paid",
+        description="Every due payout with referrer, payee, referee, amount, eligible_on, "
+        "pay_by, attempt, status (overdue: due and its pay_by day has ended), paid date and "
+        "finance's reference; totals per month of eligible_on and status. CSV: UTF-8 with a "
+        "byte order mark, comma-separated, ISO dates, amount as a plain decimal beside "
+        "amount_cents, text cells safe from formula injection.",
+    )
+    payouts.add_argument(
+        "--month", metavar="YYYY-MM", help="only payouts whose eligible_on is in this month"
+    )
+    payouts.add_argument(
+        "--status",
+        metavar="STATUS[,STATUS...]",
+        help=f"only these statuses, among {', '.join(payout_report.STATUSES)} (default: all)",
+    )
+    payouts.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    payouts.set_defaults(func=_guarded(cmd_payouts))
+
+    payout = sub.add_parser("payout", help="support's operations on one payout")
+    payout_sub = payout.add_subparsers(dest="payout_command", required=True)
+    payout_reissue = payout_sub.add_parser(
+        "reissue",
+        parents=[audited],
+        help="re-announce a failed payout with the next attempt (refused if due or paid)",
+        description="Re-announce a payout that finance reported failed: the same payout_id, "
+        "the next attempt, the payee as it is now (`referrals payee set` first if it was "
+        "wrong) and the same amount. Refused, with the reason, for a payout that is still due "
+        "or that was paid.",
+    )
+    payout_reissue.add_argument("payout_id", help="the payout's id (see `referrals payouts`)")
+    payout_reissue.set_defaults(func=_guarded(cmd_payout_reissue))
 
     legacy = sub.add_parser("legacy", help="the legacy monthly-credit program")
     legacy_sub = legacy.add_subparsers(dest="legacy_command", required=True)

@@ -17,6 +17,7 @@ from referral_ops.support import (
     checked_actor,
     lock_account,
 )
+from referral_program.payouts import can_reissue
 
 _MAX_PAYEE_LENGTH = 200
 
@@ -32,6 +33,10 @@ class PayeeSet:
     following: int = 0
     own_payee: int = 0
     decided: int = 0
+    #: Failed payouts a re-issue will pay to this payee (``referrals payout reissue``).
+    failed_following: int = 0
+    #: For one referral: its payout failed, and its re-issue goes to this payee.
+    failed_payout: bool = False
 
 
 def checked_payee(payee: str) -> str:
@@ -55,7 +60,8 @@ async def set_payee(
     actor: str,
 ) -> PayeeSet:
     """Set who receives the cash: for one referral (``referee_account_id``) or by default for
-    all of the referrer's referrals. A referral whose payout was decided can't change."""
+    all of the referrer's referrals. A referral whose payout was decided can't change, unless
+    that payout failed: its re-issue goes to the payee as it is then."""
     referrer = checked_account(referrer_account_id, "referrer account")
     referee = checked_account(referee_account_id, "referee account") if referee_account_id else None
     payee = checked_payee(payee)
@@ -70,7 +76,9 @@ async def set_payee(
                               as following,
                           count(*) filter (where p.referral_id is null and r.payee is not null)
                               as own_payee,
-                          count(p.referral_id) as decided
+                          count(p.referral_id) as decided,
+                          count(*) filter (where p.status = 'failed' and r.payee is null)
+                              as failed_following
                    from referrals r left join payouts p using (referral_id)
                    where r.referrer_account_id = $1""",
                 referrer,
@@ -87,6 +95,7 @@ async def set_payee(
                 following=counts["following"],
                 own_payee=counts["own_payee"],
                 decided=counts["decided"],
+                failed_following=counts["failed_following"],
             )
             subject = referrer
         else:
@@ -108,9 +117,11 @@ async def set_payee(
             # A separate statement: after waiting for a deciding scheduler's lock, it sees
             # the payout that transaction committed.
             decided = await conn.fetchrow(
-                "select as_of, outcome from payouts where referral_id = $1", row["referral_id"]
+                "select as_of, outcome, status from payouts where referral_id = $1",
+                row["referral_id"],
             )
-            if decided is not None:
+            # A failed payout is the exception: its re-issue goes to the payee set now.
+            if decided is not None and not can_reissue(decided["status"]):
                 raise PayoutAlreadyDecided(
                     f"payout already decided on {decided['as_of']:%Y-%m-%d} "
                     f"({decided['outcome']}); payee can't change"
@@ -120,7 +131,9 @@ async def set_payee(
                 row["referral_id"],
                 payee,
             )
-            result = PayeeSet(referrer, payee, referee, row["payee"])
+            result = PayeeSet(
+                referrer, payee, referee, row["payee"], failed_payout=decided is not None
+            )
             subject = referrer
         await audit(
             conn,

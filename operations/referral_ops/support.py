@@ -94,7 +94,11 @@ def parse_code(raw: str) -> str:
 
 
 async def audit(
-    conn: asyncpg.Connection, actor: str, action: str, subject: str, details: dict[str, Any]
+    conn: asyncpg.Connection | asyncpg.pool.PoolConnectionProxy,
+    actor: str,
+    action: str,
+    subject: str,
+    details: dict[str, Any],
 ) -> None:
     """Record who did what on what, in the caller's transaction."""
     # Sent as text and cast, so it works whether or not the connection has a jsonb codec.

@@ -84,3 +84,17 @@ def format_money(cents: int, currency: str = "USD") -> str:
     whole, part = divmod(abs(cents), 100)
     amount = f"{whole:,}.{part:02d}"
     return f"{sign}${amount}" if currency == "USD" else f"{sign}{amount} {currency}"
+
+
+class PayoutStatus(StrEnum):
+    """Where a due payout stands with finance (``payouts.status``), from finance's reports."""
+
+    DUE = "due"  # announced; finance has not reported on the current attempt
+    PAID = "paid"  # one payment, of the amount and currency announced
+    FAILED = "failed"  # the current attempt failed; support fixes the cause and re-issues
+    MISMATCHED = "mismatched"  # one payment, of another amount or currency: money out wrong
+    PAID_TWICE = "paid_twice"  # more than one payment reported: money out twice
+
+
+#: Not stored: a ``due`` payout whose ``pay_by`` day has ended (program time zone).
+OVERDUE = "overdue"

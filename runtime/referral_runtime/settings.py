@@ -29,6 +29,8 @@ class Topics(BaseSettings):
     code_assigned: str = "referrals.code.assigned"
     credit_earned: str = "referrals.credit.earned"
     dlq: str = "referrals.dlq"
+    # Finance reports back: payout.paid / payout.failed, read by the payout scheduler.
+    payout_status: str = "finance.payout.status"
 
     @property
     def billing(self) -> dict[str, str]:
@@ -49,6 +51,7 @@ class Topics(BaseSettings):
             self.code_assigned,
             self.credit_earned,
             self.dlq,
+            self.payout_status,
         ]
 
 
@@ -102,6 +105,8 @@ class Settings(BaseSettings):
     # (it decided nothing) is tried again.
     scheduler_facts_wait_seconds: float = Field(default=600.0, ge=0, le=3600)
     scheduler_held_back_retry_seconds: float = Field(default=30.0, gt=0, le=3600)
+    # Finance reports back: the scheduler replicas' consumer group on the payout status topic.
+    payout_status_group: str = Field(default="payout-scheduler", min_length=1)
 
     @field_validator("program_timezone")
     @classmethod

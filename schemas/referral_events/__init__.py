@@ -1,11 +1,20 @@
 """The wire contract of the referral program (docs/rules.md), version 1.
 
-Inbound events come from billing; outbound events are published by this project.
+Inbound events come from billing, and from finance (payout status); outbound events
+are published by this project.
 Every model ignores unknown fields (forward compatible) and rejects a
 ``schema_version`` newer than it knows.
 """
 
 from referral_events.envelope import SUPPORTED_SCHEMA_VERSION, Envelope, UnsupportedSchemaVersion
+from referral_events.finance import (
+    PAYOUT_STATUS_EVENT_TYPES,
+    PayoutFailed,
+    PayoutFailedData,
+    PayoutPaid,
+    PayoutPaidData,
+    PayoutStatusEvent,
+)
 from referral_events.inbound import (
     INBOUND_EVENT_TYPES,
     Customer,
@@ -32,6 +41,7 @@ from referral_events.outbound import (
 __all__ = [
     "DLQ_HEADERS",
     "INBOUND_EVENT_TYPES",
+    "PAYOUT_STATUS_EVENT_TYPES",
     "SUPPORTED_SCHEMA_VERSION",
     "Customer",
     "DeadLetterReason",
@@ -41,6 +51,11 @@ __all__ = [
     "InvoicePaidData",
     "PayoutDue",
     "PayoutDueData",
+    "PayoutFailed",
+    "PayoutFailedData",
+    "PayoutPaid",
+    "PayoutPaidData",
+    "PayoutStatusEvent",
     "ReferralCodeAssigned",
     "ReferralCodeAssignedData",
     "ReferralCreditEarned",

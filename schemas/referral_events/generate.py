@@ -29,6 +29,7 @@ from pydantic.json_schema import GenerateJsonSchema, JsonSchemaMode
 from pydantic_core import core_schema
 
 from referral_events.envelope import SUPPORTED_SCHEMA_VERSION, Envelope
+from referral_events.finance import PayoutFailed, PayoutPaid
 from referral_events.inbound import InvoicePaid, SubscriptionCancelled, SubscriptionCreated
 from referral_events.outbound import (
     DLQ_HEADERS,
@@ -54,14 +55,23 @@ ASYNCAPI_FILE = PurePosixPath("asyncapi.json")
 
 @dataclass(frozen=True)
 class Channel:
-    """One Kafka topic of the contract and the single kind of message it carries."""
+    """One Kafka topic of the contract and the kinds of message it carries."""
 
-    name: str  # AsyncAPI id of the channel, its message and (prefixed) its operation
+    name: str  # AsyncAPI id of the channel and (prefixed) its operation
     topic: str  # default topic name; deployments may override it
     action: Literal["receive", "send"]
     model: type[Envelope] | None  # None: the dead-letter topic carries raw bytes
     key: str  # what the Kafka message key holds
     summary: str
+    #: Further kinds of message on the same topic (finance's status topic carries two).
+    more_models: tuple[type[Envelope], ...] = ()
+    #: Who publishes a received channel's events.
+    publisher: str = "billing"
+
+    @property
+    def models(self) -> tuple[type[Envelope], ...]:
+        """Every model the topic carries (none for the dead-letter topic)."""
+        return () if self.model is None else (self.model, *self.more_models)
 
 
 CHANNELS: tuple[Channel, ...] = (
@@ -88,6 +98,17 @@ CHANNELS: tuple[Channel, ...] = (
         SubscriptionCancelled,
         "The subscriber's account id (`data.account_id`).",
         "Billing cancelled a subscription; service ends at `data.effective_at`.",
+    ),
+    Channel(
+        "payoutStatus",
+        "finance.payout.status",
+        "receive",
+        PayoutPaid,
+        "The referrer's account id (the key of the `payout.due` it answers).",
+        "Finance paid a `payout.due` (`payout.paid`) or could not (`payout.failed`); "
+        "`data.payout_id` + `data.attempt` name the `payout.due`.",
+        more_models=(PayoutFailed,),
+        publisher="finance",
     ),
     Channel(
         "payoutDue",
@@ -155,7 +176,11 @@ def _event_schema(channel: Channel, model: type[Envelope], ref_template: str) ->
         mode=_mode(channel), ref_template=ref_template, schema_generator=_WireJsonSchema
     )
     event_type = _event_type(model)
-    direction = "Published by billing" if channel.action == "receive" else "Published by referrals"
+    direction = (
+        f"Published by {channel.publisher}"
+        if channel.action == "receive"
+        else "Published by referrals"
+    )
     schema["title"] = event_type
     schema["description"] = (
         f"{channel.summary} {direction} on topic `{channel.topic}`; "
@@ -212,15 +237,14 @@ def asyncapi_document() -> JsonObject:
         schemas[name] = schema
 
     for channel in CHANNELS:
-        message_name = channel.name[0].upper() + channel.name[1:]
         key = {"type": "string", "description": channel.key}
-        message: JsonObject = {
-            "bindings": {"kafka": {"key": key, "bindingVersion": KAFKA_BINDING_VERSION}},
-            "summary": channel.summary,
-        }
+        bindings = {"kafka": {"key": key, "bindingVersion": KAFKA_BINDING_VERSION}}
+        carried: dict[str, JsonObject] = {}
         if channel.model is None:
             add_schema("DeadLetterHeaders", dlq_headers_schema())
-            message |= {
+            carried["DeadLetter"] = {
+                "bindings": bindings,
+                "summary": channel.summary,
                 "name": "dead_letter",
                 "title": "Dead letter",
                 "contentType": "application/octet-stream",
@@ -231,28 +255,32 @@ def asyncapi_document() -> JsonObject:
                     "description": "The original message's value, byte for byte.",
                 },
             }
-        else:
-            schema = _event_schema(channel, channel.model, "#/components/schemas/{model}")
+        for model in channel.models:
+            schema = _event_schema(channel, model, "#/components/schemas/{model}")
             for name, definition in schema.pop("$defs", {}).items():
                 add_schema(name, definition)
-            add_schema(channel.model.__name__, schema)
-            message |= {
-                "name": _event_type(channel.model),
-                "title": _event_type(channel.model),
+            add_schema(model.__name__, schema)
+            carried[model.__name__] = {
+                "bindings": bindings,
+                "summary": channel.summary,
+                "name": _event_type(model),
+                "title": _event_type(model),
                 "contentType": "application/json",
-                "payload": {"$ref": f"#/components/schemas/{channel.model.__name__}"},
+                "payload": {"$ref": f"#/components/schemas/{model.__name__}"},
             }
-        messages[message_name] = message
+        messages |= carried
         channels[channel.name] = {
             "address": channel.topic,
             "description": f"Default topic name `{channel.topic}`; deployments may override it.",
-            "messages": {message_name: {"$ref": f"#/components/messages/{message_name}"}},
+            "messages": {name: {"$ref": f"#/components/messages/{name}"} for name in carried},
         }
-        operation_name = channel.action + message_name
+        operation_name = channel.action + channel.name[0].upper() + channel.name[1:]
         operations[operation_name] = {
             "action": channel.action,
             "channel": {"$ref": f"#/channels/{channel.name}"},
-            "messages": [{"$ref": f"#/channels/{channel.name}/messages/{message_name}"}],
+            "messages": [
+                {"$ref": f"#/channels/{channel.name}/messages/{name}"} for name in carried
+            ],
             "summary": channel.summary,
         }
 
@@ -262,7 +290,8 @@ def asyncapi_document() -> JsonObject:
             "title": "Referral rewards events",
             "version": f"{SUPPORTED_SCHEMA_VERSION}.0.0",
             "description": (
-                "Billing events in, referral payouts, codes and credits out. JSON, UTF-8, "
+                "Billing events and finance's payout status in, referral payouts, codes and "
+                "credits out. JSON, UTF-8, "
                 "one event per Kafka message. Every event has the same envelope; "
                 "`event_id` is the idempotency key and delivery is at least once. "
                 "Readers ignore unknown fields; a newer `schema_version`, a missing "
@@ -285,9 +314,9 @@ def render() -> dict[PurePosixPath, str]:
     """Every generated file: path relative to ``schemas/`` -> its exact text."""
     files: dict[PurePosixPath, str] = {}
     for channel in CHANNELS:
-        if channel.model is not None:
-            name = _event_type(channel.model)
-            schema = _event_schema(channel, channel.model, "#/$defs/{model}")
+        for model in channel.models:
+            name = _event_type(model)
+            schema = _event_schema(channel, model, "#/$defs/{model}")
             files[VERSION_DIR / f"{name}.json"] = _dumps(_json_schema_file(name, schema))
     files[DLQ_HEADERS_FILE] = _dumps(_json_schema_file(DLQ_HEADERS_FILE.stem, dlq_headers_schema()))
     files[ASYNCAPI_FILE] = _dumps(asyncapi_document())

@@ -29,6 +29,13 @@ class PayoutDueData(Data):
     first_payment_at: AwareDatetime
     eligible_on: dt.date
     pay_by: dt.date
+    attempt: int = Field(
+        default=1,
+        ge=1,
+        description="1 when the scheduler decides the payout, then 2, 3, ... each time support "
+        "re-issues it after a failure. Finance deduplicates on `payout_id` + `attempt`. Added "
+        "within version 1: a message without it is attempt 1.",
+    )
 
 
 class ReferralCodeAssignedData(Data):
@@ -68,8 +75,14 @@ def payout_due_json(
     first_payment_at: dt.datetime,
     eligible_on: dt.date,
     pay_by: dt.date,
+    attempt: int = 1,
+    event_id: UUID | None = None,
 ) -> bytes:
-    """A ``payout.due`` event on the wire (``event_id`` = ``payout_id``), without building the model.
+    """A ``payout.due`` event on the wire, without building the model.
+
+    ``event_id`` defaults to the ``payout_id`` (attempt 1); a re-issue passes its
+    own (``referral_program.payouts.attempt_event_id``), so that a reader that
+    deduplicates on ``event_id`` still sees each attempt once.
 
     Byte for byte what ``PayoutDue(...).model_dump_json()`` writes for the same
     values (same serializer, same field order), without the model's cost: a
@@ -81,7 +94,7 @@ def payout_due_json(
     payout_id_json, referral_id_json = _uuid_json(payout_id), _uuid_json(referral_id)
     return pydantic_core.to_json(
         {
-            "event_id": payout_id_json,
+            "event_id": payout_id_json if event_id is None else _uuid_json(event_id),
             "event_type": PayoutDue.EVENT_TYPE,
             "schema_version": 1,
             "occurred_at": occurred_at,
@@ -99,6 +112,7 @@ def payout_due_json(
                 "first_payment_at": first_payment_at,
                 "eligible_on": eligible_on,
                 "pay_by": pay_by,
+                "attempt": attempt,
             },
         }
     )

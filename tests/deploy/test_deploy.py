@@ -76,6 +76,8 @@ CONFIG_KEYS: dict[str, str | None] = {
     "TOPIC_CODE_ASSIGNED": "referrals.code.assigned",
     "TOPIC_CREDIT_EARNED": "referrals.credit.earned",
     "TOPIC_DLQ": "referrals.dlq",
+    "TOPIC_PAYOUT_STATUS": "finance.payout.status",
+    "PAYOUT_STATUS_GROUP": "payout-scheduler",
 }
 SECRET_KEYS = {
     "DATABASE_URL",
@@ -300,8 +302,13 @@ def test_required_alerts_exist() -> None:
         "referrals_scheduler_ready",
         "referrals_scheduler_overdue_undecided",
         "referrals_consumer_event_age_seconds_bucket",
+        "referrals_payouts_overdue",
+        "referrals_payout_status_events_total",
     ):
         assert any(needed in expr for expr in rules.values()), f"no alert on {needed}"
+    # Money out wrong pages; so does a payout unpaid past its pay_by.
+    assert rules["ReferralPayoutsOverdue"] == "max(referrals_payouts_overdue) > 0"
+    assert "mismatched|paid_twice" in rules["ReferralPayoutMoneyOutWrong"]
     assert (
         rules["ReferralPayoutsOverdueUndecided"] == "max(referrals_scheduler_overdue_undecided) > 0"
     )
@@ -347,6 +354,9 @@ def test_dashboard_covers_the_golden_signals_and_payouts() -> None:
         "referrals_scheduler_overdue_undecided",
         "referrals_scheduler_pass_failures_total",
         "referrals_scheduler_ready",
+        "referrals_payouts",
+        "referrals_payouts_overdue",
+        "referrals_payout_status_events_total",
         "process_resident_memory_bytes",
         "process_cpu_seconds_total",
     ):

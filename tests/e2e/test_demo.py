@@ -26,6 +26,7 @@ SECTIONS = (
     "Payouts due by month of eligible_on",
     "Totals by plan family",
     "Dead letters by reason",
+    "Payouts with finance",
     "payout.due events on the topic:",
     "took ",
 )
@@ -84,11 +85,23 @@ async def test_the_demo_runs_a_year_and_leaves_nothing_running(
     assert _count(r"^\s+forfeited\s+cancelled_before_eligibility\s+([\d,]+)", out) > 0, out
     for reason in Ineligible:
         assert _count(rf"^\s+ineligible\s+{reason.value}\s+([\d,]+)", out) > 0, (reason, out)
-    # Every payout.due is in the program currency, whatever the referee is billed in.
+    # Every payout.due is in the program currency, whatever the referee is billed in; a
+    # re-issue is one more message for the same payout.
+    reissued = _count(r"([\d,]+) re-issued after a failure", out)
+    messages = due + reissued
     assert (
-        f"payout.due events on the topic: {due:,}, {due:,} in USD (matches; program currency USD)"
-        in out
-    ), out
+        f"payout.due events on the topic: {messages:,} ({due:,} payouts, {reissued:,} re-issues), "
+        f"{messages:,} in USD (matches; program currency USD)"
+    ) in out, out
+    # Finance played its part: paid, one wrong amount, failures re-issued, some left unpaid,
+    # and the payouts show exactly what it published.
+    finance = out.split("Payouts with finance", 1)[1].split("\n\n", 1)[0]
+    assert "(matches)" in finance and "MISMATCH" not in finance, finance
+    assert _count(r"^\s+paid\s+([\d,]+)\s+\1\s", finance) > due // 2, finance
+    assert _count(r"^\s+mismatched\s+(1)\s+1\s", finance) == 1, finance
+    assert _count(r"^\s+overdue\s+([\d,]+)\s+\1\s", finance) > 0, finance
+    assert re.search(r"^\s+failed\s+(\d+)\s+\1\b", finance, re.MULTILINE), finance
+    assert reissued > 0 and _count(r"([\d,]+) paid after pay_by", finance) > 0, finance
     assert _count(r"^\s+total\s+([\d,]+)\s+\$", out) > 0  # the per-month table adds up
     assert "dead-lettered" in out and _count(r"^\s+unparseable\s+(\d+)", out) > 0, out
     # Progress went to stderr, one line per month when it is not a terminal.

@@ -80,6 +80,7 @@ def _expected_due(
             "first_payment_at": "2027-01-09T18:00:00Z",
             "eligible_on": "2027-04-01",
             "pay_by": "2027-04-21",
+            "attempt": 1,
         },
     }
 

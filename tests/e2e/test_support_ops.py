@@ -71,8 +71,9 @@ async def decide(db: asyncpg.Connection, referee: str, outcome: str, as_of: date
     await db.execute(
         """insert into payouts (referral_id, payout_id, outcome, reason, referrer_account_id,
                referee_account_id, payee, plan_family, amount_cents, currency,
-               first_payment_at, eligible_on, pay_by, as_of)
-           values ($1, gen_random_uuid(), $2, $3, $4, $5, $4, $6, $7, $8, $9, $10, $11, $12)""",
+               first_payment_at, eligible_on, pay_by, as_of, status)
+           values ($1, gen_random_uuid(), $2, $3, $4, $5, $4, $6, $7, $8, $9, $10, $11, $12,
+                   case when $2 = 'due' then 'due' end)""",
         row["referral_id"],
         outcome,
         None if outcome == "due" else "cancelled_before_eligibility",

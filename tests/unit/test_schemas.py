@@ -24,12 +24,15 @@ from pydantic import BaseModel, ValidationError
 from referral_events import (
     DLQ_HEADERS,
     INBOUND_EVENT_TYPES,
+    PAYOUT_STATUS_EVENT_TYPES,
     SUPPORTED_SCHEMA_VERSION,
     DeadLetterReason,
     Envelope,
     InvoicePaid,
     PayoutDue,
     PayoutDueData,
+    PayoutFailed,
+    PayoutPaid,
     ReferralCodeAssigned,
     ReferralCodeAssignedData,
     ReferralCreditEarned,
@@ -39,12 +42,15 @@ from referral_events import (
     generate,
     payout_due_json,
 )
+from referral_program.payouts import attempt_event_id
 from referral_runtime.settings import Topics
 
 V1 = generate.SCHEMAS_DIR / generate.VERSION_DIR
 ENVELOPE_FIELDS = ["event_id", "event_type", "schema_version", "occurred_at", "data"]
 OUTBOUND: list[type[Envelope]] = [PayoutDue, ReferralCodeAssigned, ReferralCreditEarned]
-INBOUND: list[type[Envelope]] = [SubscriptionCreated, InvoicePaid, SubscriptionCancelled]
+BILLING: list[type[Envelope]] = [SubscriptionCreated, InvoicePaid, SubscriptionCancelled]
+FINANCE: list[type[Envelope]] = [PayoutPaid, PayoutFailed]
+INBOUND: list[type[Envelope]] = BILLING + FINANCE
 
 
 # --- realistic payloads in the envelope ------------------------------------------------
@@ -95,10 +101,38 @@ SUBSCRIPTION_CANCELLED: dict[str, Any] = {
         "reason": "switched_provider",
     },
 }
+PAYOUT_PAID: dict[str, Any] = {
+    "event_id": "2b7c9e14-6a3d-4f58-8c21-9d0e4f7a1b36",
+    "event_type": "payout.paid",
+    "schema_version": 1,
+    "occurred_at": "2027-04-12T17:20:00Z",
+    "data": {
+        "payout_id": "0e6f1c2d-3b4a-5968-8776-a5b4c3d2e1f0",
+        "attempt": 1,
+        "paid_at": "2027-04-12T10:05:00-07:00",
+        "amount_cents": 100000,
+        "currency": "USD",
+        "reference": "ACH-2027-04-12-000381",
+    },
+}
+PAYOUT_FAILED: dict[str, Any] = {
+    "event_id": "8e1f4a27-3c5b-4d69-a0b8-6f2c7d9e1a54",
+    "event_type": "payout.failed",
+    "schema_version": 1,
+    "occurred_at": "2027-04-09T16:00:00Z",
+    "data": {
+        "payout_id": "0e6f1c2d-3b4a-5968-8776-a5b4c3d2e1f0",
+        "attempt": 1,
+        "failed_at": "2027-04-09T09:00:00-07:00",
+        "reason": "payee_details_missing",
+    },
+}
 EXAMPLES: dict[type[Envelope], dict[str, Any]] = {
     SubscriptionCreated: SUBSCRIPTION_CREATED,
     InvoicePaid: INVOICE_PAID,
     SubscriptionCancelled: SUBSCRIPTION_CANCELLED,
+    PayoutPaid: PAYOUT_PAID,
+    PayoutFailed: PAYOUT_FAILED,
 }
 
 PAYOUT_DUE = PayoutDue(
@@ -314,7 +348,8 @@ MODELS_BY_TYPE: dict[str, type[Envelope]] = {m.EVENT_TYPE: m for m in INBOUND + 
 
 def test_every_event_and_the_dlq_headers_have_a_file() -> None:
     expected = {f"{event_type}.json" for event_type in MODELS_BY_TYPE} | {"dlq-headers.json"}
-    assert set(INBOUND_EVENT_TYPES) == {m.EVENT_TYPE for m in INBOUND}
+    assert set(INBOUND_EVENT_TYPES) == {m.EVENT_TYPE for m in BILLING}
+    assert set(PAYOUT_STATUS_EVENT_TYPES) == {m.EVENT_TYPE for m in FINANCE}
     assert {path.name for path in SCHEMA_FILES} == expected
 
 
@@ -397,7 +432,8 @@ def test_asyncapi_document_describes_every_topic() -> None:
         for op in doc["operations"].values()
     }
     assert actions == {
-        topic: "receive" if topic.startswith("billing.") else "send" for topic in addresses
+        topic: "receive" if topic.startswith(("billing.", "finance.")) else "send"
+        for topic in addresses
     }
     for op in doc["operations"].values():
         channel = resolve(doc, op["channel"]["$ref"])
@@ -542,6 +578,19 @@ WRONG_TYPES: list[tuple[type[Envelope], tuple[str, ...], Any]] = [
     (InvoicePaid, ("occurred_at",), 1799939045),
     (InvoicePaid, ("occurred_at",), "1799939045"),
     (InvoicePaid, ("data",), []),
+    (PayoutPaid, ("data", "amount_cents"), "100000"),
+    (PayoutPaid, ("data", "amount_cents"), 1000.0),
+    (PayoutPaid, ("data", "currency"), "usd"),
+    (PayoutPaid, ("data", "attempt"), "1"),
+    (PayoutPaid, ("data", "attempt"), 0),
+    (PayoutPaid, ("data", "payout_id"), "payout-17"),
+    (PayoutPaid, ("data", "paid_at"), "2027-04-12"),
+    (PayoutPaid, ("data", "reference"), " "),
+    (PayoutPaid, ("data", "reference"), "x" * 201),
+    (PayoutFailed, ("data", "attempt"), 1.0),
+    (PayoutFailed, ("data", "failed_at"), 1807000000),
+    (PayoutFailed, ("data", "reason"), ""),
+    (PayoutFailed, ("event_type",), "payout.paid"),
 ]
 
 
@@ -693,6 +742,7 @@ _TEXT = st.text(min_size=1, max_size=20)  # any account id billing may use: quot
     family=st.sampled_from(["virtual_receptionist", "voice_assistant"]),
     amount=st.integers(min_value=1, max_value=10**12),
     dates=st.tuples(st.dates(), st.dates()),
+    attempt=st.integers(min_value=1, max_value=1000),
 )
 def test_payout_due_json_is_the_models_wire_form(
     ids: tuple[UUID, UUID],
@@ -702,8 +752,9 @@ def test_payout_due_json_is_the_models_wire_form(
     family: str,
     amount: int,
     dates: tuple[date, date],
+    attempt: int,
 ) -> None:
-    """The scheduler's fast encoder writes exactly the bytes the model writes."""
+    """The fast encoder (scheduler and re-issue) writes exactly the bytes the model writes."""
     payout_id, referral_id = ids
     referrer, payee, referee = accounts
     data = {
@@ -719,10 +770,12 @@ def test_payout_due_json_is_the_models_wire_form(
         "first_payment_at": first_payment_at,
         "eligible_on": dates[0],
         "pay_by": dates[1],
+        "attempt": attempt,
     }
-    model = PayoutDue(event_id=payout_id, occurred_at=occurred_at, data=PayoutDueData(**data))
+    event_id = attempt_event_id(payout_id, attempt)
+    model = PayoutDue(event_id=event_id, occurred_at=occurred_at, data=PayoutDueData(**data))
 
-    fast = payout_due_json(occurred_at=occurred_at, **data)
+    fast = payout_due_json(occurred_at=occurred_at, event_id=event_id, **data)
     # ids as the database driver returns them: a UUID subclass
     from_db = {
         **data,
@@ -731,7 +784,7 @@ def test_payout_due_json_is_the_models_wire_form(
     }
 
     assert fast == model.model_dump_json().encode()
-    assert payout_due_json(occurred_at=occurred_at, **from_db) == fast
+    assert payout_due_json(occurred_at=occurred_at, event_id=event_id, **from_db) == fast
     assert PayoutDue.model_validate_json(fast) == model
 
 
@@ -746,3 +799,31 @@ def test_payout_due_wire_form() -> None:
     assert (data["eligible_on"], data["pay_by"]) == ("2027-04-01", "2027-04-21")
     assert data["first_payment_at"] == "2027-01-17T15:04:05Z"
     assert data["payout_id"] == "0e6f1c2d-3b4a-5968-8776-a5b4c3d2e1f0"
+    assert data["attempt"] == 1
+
+
+def test_payout_due_of_the_first_attempt_defaults_its_event_id_to_the_payout_id() -> None:
+    data = PAYOUT_DUE.data.model_dump(exclude={"program"})
+    wire = payout_due_json(occurred_at=PAYOUT_DUE.occurred_at, **data)
+    assert json.loads(wire)["event_id"] == str(data["payout_id"])
+    assert json.loads(wire)["data"]["attempt"] == 1
+
+
+def test_a_payout_due_without_attempt_is_attempt_one() -> None:
+    """``attempt`` came within version 1: what was published before it still reads."""
+    before = json.loads(PAYOUT_DUE.model_dump_json())
+    del before["data"]["attempt"]
+    assert before["schema_version"] == 1
+    event = PayoutDue.model_validate_json(json.dumps(before))
+    assert event.data.attempt == 1
+    assert event == PAYOUT_DUE
+
+
+def test_each_attempt_has_its_own_stable_event_id() -> None:
+    payout_id = PAYOUT_DUE.data.payout_id
+    ids = [attempt_event_id(payout_id, n) for n in range(1, 5)]
+    assert ids[0] == payout_id
+    assert len(set(ids)) == 4
+    assert ids == [attempt_event_id(payout_id, n) for n in range(1, 5)]
+    with pytest.raises(ValueError):
+        attempt_event_id(payout_id, 0)

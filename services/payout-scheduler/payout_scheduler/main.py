@@ -46,7 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="payout-scheduler",
         description="Decide due referral payouts and publish payout.due through the outbox. "
-        "Without a command: run the decision loop and the outbox relay until SIGTERM.",
+        "Without a command: run the decision loop, the outbox relay and the subscriber that "
+        "applies finance's payout.paid / payout.failed until SIGTERM.",
     )
     sub = parser.add_subparsers(dest="command")
     tick = sub.add_parser("tick", help="one decision pass as of a date, publish what is due, exit")

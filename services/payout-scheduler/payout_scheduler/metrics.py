@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from referral_events import PAYOUT_STATUS_EVENT_TYPES, DeadLetterReason
+from referral_program.payouts import Outcome
+from referral_program.table import PayoutStatus
 from referral_runtime.outbox import OutboxMetrics
 from referral_runtime.process_metrics import register_process_metrics
 
 
 class SchedulerMetrics:
-    """Decisions, cash, pass health, payouts close to ``pay_by``, and the outbox."""
+    """Decisions, cash, pass health, payouts close to ``pay_by``, finance's reports, the outbox."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
@@ -96,5 +99,89 @@ class SchedulerMetrics:
         self.passes_held_back = Counter(
             "referrals_scheduler_passes_held_back",
             "Decision passes held back: they decided nothing, and are tried again soon",
+            registry=registry,
+        )
+        self.status = StatusMetrics(registry)
+
+
+#: What a consumed status message can end as besides a payout outcome.
+DUPLICATE, DEAD_LETTERED = "duplicate", "dead_lettered"
+
+
+class StatusMetrics:
+    """Finance's reports (``finance.payout.status``) and where the due payouts stand."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.events = Counter(
+            "referrals_payout_status_events",
+            "payout.paid / payout.failed consumed, by what each did: paid, failed, repeated, "
+            "failed_after_paid, superseded, paid_superseded_attempt, unknown_attempt, "
+            "unknown_payout, mismatched, paid_twice, or duplicate (redelivered) and "
+            "dead_lettered (event_type unknown); they add up to what was consumed",
+            ["event_type", "outcome"],
+            registry=registry,
+        )
+        # Every series exists from the start, so the first mismatch is an increase from 0
+        # (an alert on increase() never sees a series that appears at 1).
+        for event_type in PAYOUT_STATUS_EVENT_TYPES:
+            for outcome in [*Outcome, DUPLICATE]:
+                self.events.labels(event_type, outcome)
+        self.events.labels("unknown", DEAD_LETTERED)
+        self.dead_letters = Counter(
+            "referrals_payout_status_dead_letters",
+            "Status messages sent to the dead-letter topic, by reason",
+            ["reason"],
+            registry=registry,
+        )
+        for reason in DeadLetterReason:
+            self.dead_letters.labels(reason.value)
+        self.payouts = Gauge(
+            "referrals_payouts",
+            "Due payouts by where they stand with finance: due, paid, failed (waiting for "
+            "support to re-issue), mismatched (paid another amount or currency), paid_twice",
+            ["status"],
+            registry=registry,
+        )
+        self.payouts_cents = Gauge(
+            "referrals_payouts_cents",
+            "Cash of the due payouts by status, in integer cents",
+            ["status"],
+            registry=registry,
+        )
+        for status in PayoutStatus:
+            self.payouts.labels(status.value)
+            self.payouts_cents.labels(status.value)
+        self.overdue = Gauge(
+            "referrals_payouts_overdue",
+            "Due payouts still unpaid after their pay_by day ended (program time zone): "
+            "the program's promise to the referrer is broken",
+            registry=registry,
+        )
+        self.batch_duration = Histogram(
+            "referrals_payout_status_batch_duration_seconds",
+            "Time from a batch of status messages received to its transaction committed",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+            registry=registry,
+        )
+        self.lag = Gauge(
+            "referrals_payout_status_lag",
+            "Highwater minus position on the status topic, per partition this replica owns",
+            ["partition"],
+            registry=registry,
+        )
+        self.assigned_partitions = Gauge(
+            "referrals_payout_status_assigned_partitions",
+            "Partitions of the status topic assigned to this replica",
+            registry=registry,
+        )
+        self.db_retries = Counter(
+            "referrals_payout_status_db_retries",
+            "Status batch transactions retried after a database error",
+            registry=registry,
+        )
+        self.commit_failures = Counter(
+            "referrals_payout_status_commit_failures",
+            "Offset commits on the status topic that failed (the batch is redelivered and "
+            "deduplicated)",
             registry=registry,
         )

@@ -1,4 +1,5 @@
-"""The long-running scheduler and ``tick``: decision passes, the outbox relay, their health.
+"""The long-running scheduler and ``tick``: decision passes, the outbox relay, finance's
+status reports, their health.
 
 Database and broker outages never stop the process: each loop backs off and
 retries, and readiness says not ready meanwhile.
@@ -25,6 +26,7 @@ from payout_scheduler.passes import (
     refresh_due_soon,
     refresh_overdue,
 )
+from payout_scheduler.status_subscriber import StatusSubscriber
 from referral_runtime.db import TRANSIENT_DB_ERRORS, create_pool, open_pool
 from referral_runtime.health import DependencyProbe
 from referral_runtime.outbox import OutboxRelay, start_producer
@@ -88,6 +90,10 @@ class SchedulerService:
         self._producer: AIOKafkaProducer | None = None
         self._task: asyncio.Task[None] | None = None
         self._probe_task: asyncio.Task[None] | None = None
+        #: Finance's payout.paid / payout.failed, applied by this replica's share of the group.
+        self.statuses = StatusSubscriber(
+            settings, self.metrics.status, self.stopping, today=self.today
+        )
         #: Database and broker as answered every ``HEALTH_PROBE_SECONDS``, also while idle.
         self.probe = DependencyProbe(
             lambda: self.pool,
@@ -137,6 +143,7 @@ class SchedulerService:
             and relay is not None
             and relay.db_ok
             and relay.broker_ok
+            and self.statuses.ready()
         )
 
     def _set_ready(self) -> None:
@@ -153,7 +160,9 @@ class SchedulerService:
             return
         self.pool = pool
         try:
-            await asyncio.gather(self._decision_loop(pool), self._relay_loop(pool))
+            await asyncio.gather(
+                self._decision_loop(pool), self._relay_loop(pool), self._status_loop(pool)
+            )
         finally:
             await pool.close()
 
@@ -207,3 +216,18 @@ class SchedulerService:
         finally:
             self._producer = None
             await producer.stop()
+
+    async def _status_loop(self, pool: asyncpg.Pool) -> None:
+        """Join the status topic's group and keep the payout gauges until stopping."""
+        joined = await retry_until_stopped(
+            "payout_status_subscribe",
+            partial(self.statuses.start, pool),
+            self.stopping,
+            Backoff(0.5, _MAX_BACKOFF_SECONDS),
+        )
+        try:
+            if joined:
+                self._set_ready()
+                await self.statuses.keep_gauges()
+        finally:
+            await self.statuses.stop()

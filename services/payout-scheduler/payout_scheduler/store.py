@@ -71,7 +71,8 @@ order by r.referral_id
 for update of r skip locked
 """
 
-# One statement records a chunk's decisions and enqueues its payout.due messages:
+# One statement records a chunk's decisions and enqueues its payout.due messages
+# (attempt 1; a due payout starts with finance's status 'due'):
 # an outbox row only for a payouts row inserted now, so a decision a replica
 # already recorded (the primary key conflict) is neither replaced nor announced
 # twice, and its id is what the statement returns (usually nothing). Columns the
@@ -94,10 +95,11 @@ with kinds as (
 recorded as (
     insert into payouts (referral_id, payout_id, outcome, reason, referrer_account_id,
         referee_account_id, payee, plan_family, amount_cents, currency, first_payment_at,
-        eligible_on, pay_by, as_of)
+        eligible_on, pay_by, as_of, status)
     select d.referral_id, d.payout_id, k.outcome, k.reason, r.referrer_account_id,
            r.referee_account_id, coalesce(d.payee, r.referrer_account_id), k.plan_family,
-           k.amount_cents, k.currency, r.first_payment_at, k.eligible_on, k.pay_by, $12::date
+           k.amount_cents, k.currency, r.first_payment_at, k.eligible_on, k.pay_by, $12::date,
+           case when k.outcome = 'due' then 'due' end
     from (select unnest($1::uuid[]) as referral_id, unnest($2::uuid[]) as payout_id,
                  unnest($10::text[]) as payee, unnest($11::int[]) as kind) as d
     join kinds k on k.kind = d.kind
@@ -271,7 +273,7 @@ async def record_decisions(
 def payout_due_payload(decision: Decision, facts: ReferralFacts, tz: ZoneInfo) -> bytes:
     """The ``payout.due`` event of a due decision (keyed by the referrer account when enqueued).
 
-    ``event_id`` is the ``payout_id``; ``occurred_at`` is the business time the
+    Attempt 1, so ``event_id`` is the ``payout_id``; ``occurred_at`` is the business time the
     cash became due (the start of ``eligible_on`` in the program time zone), so
     the event is the same whichever replica, day or run produced it.
     """
@@ -291,6 +293,7 @@ def payout_due_payload(decision: Decision, facts: ReferralFacts, tz: ZoneInfo) -
         first_payment_at=decision.first_payment_at,
         eligible_on=decision.eligible_on,
         pay_by=decision.pay_by,
+        attempt=1,
     )
     return payload
 

@@ -30,6 +30,7 @@ from referral_runtime.db import open_pool
 from referral_runtime.health import DependencyProbe
 from referral_runtime.logs import configure_logging
 from referral_runtime.outbox import OutboxRelay, start_producer
+from referral_runtime.records import skip_decoding, tolerant_batch_parser
 from referral_runtime.referral_state import Outbound
 from referral_runtime.retry import Backoff, retry_until_stopped
 from referral_runtime.settings import Settings
@@ -62,24 +63,6 @@ class _Rebalances(ConsumerRebalanceListener):  # type: ignore[misc]
         log.info(
             "partitions_assigned", partitions=sorted(f"{t.topic}:{t.partition}" for t in assigned)
         )
-
-
-async def _tolerant_parser(records: Any, original: Any) -> Any:
-    """FastStream's parser decodes headers as UTF-8 and would drop the whole batch on one
-    bad header; headers are not part of the contract, so replace undecodable ones."""
-    try:
-        return await original(records)
-    except UnicodeDecodeError:
-        for record in records:
-            record.headers = [
-                (k, v.decode(errors="replace").encode()) for k, v in (record.headers or [])
-            ]
-        return await original(records)
-
-
-async def _no_decode(message: Any) -> None:
-    """The handler reads raw records; skip FastStream's JSON decoding of every body."""
-    return None
 
 
 class ConsumerService:
@@ -131,8 +114,8 @@ class ConsumerService:
             session_timeout_ms=settings.consumer_session_timeout_ms,
             fetch_max_wait_ms=settings.consumer_fetch_max_wait_ms,
             heartbeat_interval_ms=max(100, settings.consumer_session_timeout_ms // 3),
-            parser=_tolerant_parser,
-            decoder=_no_decode,
+            parser=tolerant_batch_parser,
+            decoder=skip_decoding,
             title="on_billing_events",
         )(self.on_billing_events)
 

@@ -6,34 +6,20 @@ Pure (no I/O). Every record ends as exactly one :class:`Parsed` or one
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Protocol
 
 from pydantic import ValidationError
 
 from referral_consumer.free_text import Amendment, BillingEvent, amend
 from referral_events import (
     INBOUND_EVENT_TYPES,
-    SUPPORTED_SCHEMA_VERSION,
     DeadLetterReason,
 )
+from referral_runtime.dead_letters import DeadLetter, rejection
+from referral_runtime.records import Record
 
-
-class Record(Protocol):
-    """What we read of a Kafka record (aiokafka's ConsumerRecord satisfies it)."""
-
-    @property
-    def topic(self) -> str: ...
-    @property
-    def partition(self) -> int: ...
-    @property
-    def offset(self) -> int: ...
-    @property
-    def key(self) -> bytes | None: ...
-    @property
-    def value(self) -> bytes | None: ...
+__all__ = ["BillingEvent", "DeadLetter", "Parsed", "Record", "parse_record"]
 
 
 @dataclass(frozen=True)
@@ -45,13 +31,6 @@ class Parsed:
     foreign_currency: str | None = None
     #: What was cut or cleaned in the event's free text (``free_text.amend``); counted.
     amended: tuple[Amendment, ...] = ()
-
-
-@dataclass(frozen=True)
-class DeadLetter:
-    record: Record
-    reason: DeadLetterReason
-    detail: str
 
 
 def parse_record(
@@ -78,37 +57,8 @@ def parse_record(
     try:
         event = model.model_validate_json(value)
     except ValidationError as exc:
-        return DeadLetter(record, *_classify(exc, value, expected))
+        return DeadLetter(record, *rejection(exc, value, (expected,)))
     event, amended = amend(event)
     currency = getattr(event.data, "currency", None)
     foreign = currency if program_currency and currency and currency != program_currency else None
     return Parsed(record, event, foreign, amended)
-
-
-def _classify(exc: ValidationError, value: bytes, expected: str) -> tuple[DeadLetterReason, str]:
-    errors = exc.errors(include_url=False, include_input=False)
-    if any(e["type"] in {"json_invalid", "json_type"} for e in errors):
-        return DeadLetterReason.UNPARSEABLE, f"not a JSON object: {errors[0]['msg']}"
-    try:
-        document = json.loads(value)
-    except ValueError:  # pragma: no cover - pydantic already parsed it
-        document = {}
-    if not isinstance(document, dict):
-        return DeadLetterReason.UNPARSEABLE, "the message is JSON but not an object"
-    version = document.get("schema_version")
-    if isinstance(version, int) and version > SUPPORTED_SCHEMA_VERSION:
-        return (
-            DeadLetterReason.UNSUPPORTED_SCHEMA_VERSION,
-            f"schema_version {version} > supported {SUPPORTED_SCHEMA_VERSION}",
-        )
-    actual = document.get("event_type")
-    if isinstance(actual, str) and actual != expected:
-        return (
-            DeadLetterReason.EVENT_TYPE_MISMATCH,
-            f"event_type {actual[:60]!r} on a topic that carries {expected!r}",
-        )
-    # Field paths and messages only: the offending values may be personal data.
-    detail = "; ".join(
-        f"{'.'.join(str(p) for p in e['loc']) or '(root)'}: {e['msg']}" for e in errors[:5]
-    )
-    return DeadLetterReason.INVALID, detail[:1000]

@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import structlog
-from aiokafka import TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaError
 
 from referral_consumer.ingest import Record
@@ -29,26 +28,11 @@ from referral_consumer.logfields import batch_fields
 from referral_consumer.metrics import ConsumerMetrics
 from referral_consumer.parser import ParsedBatch
 from referral_consumer.writer import ShuttingDown
+from referral_runtime.records import first_offsets, next_offsets
+
+__all__ = ["BatchPipeline", "first_offsets", "next_offsets"]
 
 log = structlog.get_logger(__name__)
-
-
-def next_offsets(records: Sequence[Record]) -> dict[TopicPartition, int]:
-    """The offsets to commit after ``records``: last offset + 1 per partition."""
-    offsets: dict[TopicPartition, int] = {}
-    for r in records:
-        tp = TopicPartition(r.topic, r.partition)
-        offsets[tp] = max(offsets.get(tp, 0), r.offset + 1)
-    return offsets
-
-
-def first_offsets(records: Sequence[Record]) -> dict[TopicPartition, int]:
-    """Where to seek back to so that every one of ``records`` is fetched again."""
-    offsets: dict[TopicPartition, int] = {}
-    for r in records:
-        tp = TopicPartition(r.topic, r.partition)
-        offsets[tp] = min(offsets.get(tp, r.offset), r.offset)
-    return offsets
 
 
 class Parser(Protocol):

@@ -31,6 +31,7 @@ from referral_consumer.plan import (
 )
 from referral_program import codes
 from referral_runtime.db import Conn
+from referral_runtime.dead_letters import record_dead_letters
 from referral_runtime.outbox import OutboxMessage, enqueue
 from referral_runtime.referral_state import (
     Outbound,
@@ -359,35 +360,13 @@ async def _dead_letters(
     conn: Conn, dead: Sequence[DeadLetter], out: Outbound, result: BatchResult
 ) -> list[OutboxMessage]:
     """Record each dead letter once per source coordinate and queue it for the DLQ topic."""
-    if not dead:
-        return []
-    rows = await conn.fetch(
-        """insert into dead_letters (topic, "partition", "offset", reason, detail)
-           select * from unnest($1::text[], $2::int[], $3::bigint[], $4::text[], $5::text[])
-           on conflict do nothing
-           returning topic, "partition", "offset" """,
-        [d.record.topic for d in dead],
-        [d.record.partition for d in dead],
-        [d.record.offset for d in dead],
-        [d.reason.value for d in dead],
-        [d.detail for d in dead],
-    )
-    new = {(r["topic"], r["partition"], r["offset"]) for r in rows}
-    failed_at = datetime.now(UTC).isoformat()
-    messages = []
     for d in dead:
         result.dead_lettered[(d.record.topic, d.reason.value)] += 1
         result.dead_letters.append(d)
-        if (d.record.topic, d.record.partition, d.record.offset) not in new:
-            continue
-        headers = {
-            "dlq.reason": d.reason.value,
-            "dlq.detail": d.detail,
-            "dlq.source.topic": d.record.topic,
-            "dlq.source.partition": str(d.record.partition),
-            "dlq.source.offset": str(d.record.offset),
-            "dlq.consumer_group": out.consumer_group,
-            "dlq.failed_at": failed_at,
-        }
-        messages.append(OutboxMessage(out.dlq, d.record.key, d.record.value or b"", headers))
-    return messages
+    return await record_dead_letters(
+        conn,
+        dead,
+        dlq_topic=out.dlq,
+        consumer_group=out.consumer_group,
+        failed_at=datetime.now(UTC),
+    )
