@@ -133,6 +133,13 @@ def counted(service: SchedulerService, event_type: str, outcome: str) -> float:
     return value or 0.0
 
 
+async def counted_reaches(
+    service: SchedulerService, event_type: str, outcome: str, value: float
+) -> None:
+    """Wait until the counter shows ``value``: it is counted just after the batch commits."""
+    await wait_for(lambda: counted(service, event_type, outcome) == value, timeout=10)
+
+
 def gauge(service: SchedulerService, name: str, **labels: str) -> float | None:
     return service.metrics.registry.get_sample_value(name, labels)
 
@@ -191,9 +198,9 @@ async def test_paid_mismatched_unknown_and_the_promise_watched(
         assert unknown is not None and unknown["outcome"] == "unknown_payout"
         assert await db.fetchval("select count(*) from payouts where outcome = 'due'") == 4
 
-        assert counted(service, "payout.paid", "paid") == 1
-        assert counted(service, "payout.paid", "mismatched") == 2
-        assert counted(service, "payout.paid", "unknown_payout") == 1
+        await counted_reaches(service, "payout.paid", "paid", 1)
+        await counted_reaches(service, "payout.paid", "mismatched", 2)
+        await counted_reaches(service, "payout.paid", "unknown_payout", 1)
         await wait_for(lambda: overdue(1), timeout=10)
         assert gauge(service, "referrals_payouts", status="mismatched") == 2
         assert gauge(service, "referrals_payouts", status="paid") == 1
@@ -277,13 +284,13 @@ async def test_failed_then_reissued_through_the_cli_then_paid(
         await reports_applied(db, 4)
         row = await payout(db, first.payout_id)
         assert (row["status"], row["attempt"], row["paid_attempt"]) == ("paid", 2, 2)
-        assert counted(service, "payout.failed", "superseded") == 1
+        await counted_reaches(service, "payout.failed", "superseded", 1)
 
         # A late payment of attempt 1 as well: money went out twice, and that is loud.
         await publish(settings, [paid(first, 1)])
         await reports_applied(db, 5)
         assert (await payout(db, first.payout_id))["status"] == "paid_twice"
-        assert counted(service, "payout.paid", "paid_twice") == 1
+        await counted_reaches(service, "payout.paid", "paid_twice", 1)
         refused = referrals_cli(settings, "payout", "reissue", first.payout_id)
         assert refused.returncode == 2 and "paid more than once" in refused.stderr
 
@@ -320,9 +327,9 @@ async def test_redelivered_and_out_of_order_reports_change_nothing(
             "paid",
             "failed",
         ]
-        assert counted(service, "payout.paid", "duplicate") == 2
-        assert counted(service, "payout.failed", "failed_after_paid") == 2
-        assert counted(service, "payout.failed", "repeated") == 1
+        await counted_reaches(service, "payout.paid", "duplicate", 2)
+        await counted_reaches(service, "payout.failed", "failed_after_paid", 2)
+        await counted_reaches(service, "payout.failed", "repeated", 1)
         assert await db.fetchval("select count(*) from payout_reports") == 6
 
         # The same reports again, in another order: the state stays as it is.
@@ -359,7 +366,7 @@ async def test_bad_messages_are_dead_lettered_and_the_partition_moves_on(
         assert {m.headers["dlq.source.topic"] for m in dlq} == {settings.topics.payout_status}
         assert {m.headers["dlq.consumer_group"] for m in dlq} == {settings.payout_status_group}
         assert all(m.key == due.referrer.encode() for m in dlq)
-        assert counted(service, "unknown", "dead_lettered") == 4
+        await counted_reaches(service, "unknown", "dead_lettered", 4)
         assert (
             await db.fetchval(
                 "select count(*) from dead_letters where topic = $1", settings.topics.payout_status
