@@ -1,0 +1,188 @@
+"""The JSON read API, behind `Authorization: Bearer <API_TOKEN>`.
+
+- `GET /v1/codes/{code}`: for the sign-up page. Is the code valid (active, or an
+  alias of a rotated code), and what does a new client get with it. It never
+  says whose code it is.
+- `GET /v1/accounts/{account_id}/referrals`: for support tools. A referrer's
+  code, link and referrals, the same document as `referrals list --format json`.
+
+Answers carry program facts only: no email, phone or payment fingerprint.
+Without a configured `API_TOKEN` every call answers 503.
+"""
+
+from __future__ import annotations
+
+import hmac
+from typing import TYPE_CHECKING, Any, Literal
+
+import asyncpg
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, Field
+
+from referral_ops.listing import referrals_page
+from referral_ops.support import UnknownAccount
+from referral_program import codes
+
+if TYPE_CHECKING:
+    from referral_web.app import WebService
+
+PREFIX = "/v1"
+
+
+class ApiProblem(Exception):
+    """An answer other than 200: its status, JSON body and headers."""
+
+    def __init__(
+        self, status: int, body: dict[str, Any], headers: dict[str, str] | None = None
+    ) -> None:
+        super().__init__(status)
+        self.status = status
+        self.body = body
+        self.headers = headers or {}
+
+
+async def problem_response(request: Request, exc: Exception) -> JSONResponse:
+    """The JSON answer of an :class:`ApiProblem` (registered as the app's handler)."""
+    assert isinstance(exc, ApiProblem)
+    return JSONResponse(
+        exc.body, status_code=exc.status, headers={"cache-control": "no-store", **exc.headers}
+    )
+
+
+class ApiError(BaseModel):
+    error: str = Field(description="What is wrong, for a person to read")
+
+
+class ValidCode(BaseModel):
+    valid: Literal[True]
+    code: str = Field(description="The code in its display form, e.g. ABCD-EFGH")
+    referee_discount_cents: int = Field(ge=0, description="Off the first month, in cents")
+    currency: str = Field(pattern=r"^[A-Z]{3}$")
+
+
+class NoSuchCode(BaseModel):
+    valid: Literal[False]
+
+
+class MalformedCode(BaseModel):
+    valid: Literal[False]
+    error: str = Field(description="Why the text cannot be a referral code")
+
+
+class Referral(BaseModel):
+    referee_account_id: str
+    plan_family: str | None = Field(description="The family the reward is (or would be) based on")
+    plans: list[str] = Field(description="Every plan family the referee has subscribed to")
+    status: str = Field(
+        description="pending, qualified or ineligible while undecided; due, forfeited or "
+        "ineligible once decided"
+    )
+    reason: str | None
+    amount_cents: int = Field(ge=0)
+    currency: str
+    referral_code: str
+    referred_on: str = Field(description="YYYY-MM-DD, program time zone")
+    first_payment_on: str | None
+    eligible_on: str | None
+    pay_by: str | None
+    decided: bool
+
+
+class Referrals(BaseModel):
+    account_id: str
+    code: str | None = Field(description="The active code, display form")
+    link: str | None
+    referrals: list[Referral]
+
+
+class UnknownAccountError(BaseModel):
+    error: Literal["unknown account"]
+    account_id: str
+
+
+_bearer = HTTPBearer(auto_error=False, description="API_TOKEN")
+
+_COMMON_ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"model": ApiError, "description": "Missing or wrong bearer token"},
+    503: {"model": ApiError, "description": "API_TOKEN not configured, or not ready yet"},
+}
+
+
+def router(service: WebService) -> APIRouter:
+    """The API's routes, reading through ``service``'s pool."""
+
+    def authorised(credentials: HTTPAuthorizationCredentials | None = Depends(_bearer)) -> None:
+        token = service.settings.api_token
+        if not token:
+            raise ApiProblem(503, {"error": "API_TOKEN not configured"})
+        given = credentials.credentials if credentials else ""
+        if not (credentials and hmac.compare_digest(given.encode(), token.encode())):
+            raise ApiProblem(
+                401,
+                {"error": "missing or wrong bearer token"},
+                {"www-authenticate": 'Bearer realm="referrals"'},
+            )
+
+    def pool() -> asyncpg.Pool:
+        current = service.pool
+        if current is None:
+            raise ApiProblem(503, {"error": "not ready"}, {"retry-after": "5"})
+        return current
+
+    api = APIRouter(prefix=PREFIX, dependencies=[Depends(authorised)], tags=["read API"])
+
+    @api.get(
+        "/codes/{code}",
+        operation_id="lookupCode",
+        response_model=ValidCode,
+        summary="Is this referral code valid, and what does a new client get with it",
+        responses={
+            400: {"model": MalformedCode, "description": "Text that cannot be a code"},
+            404: {"model": NoSuchCode, "description": "Unknown or revoked code"},
+            **_COMMON_ERRORS,
+        },
+    )
+    async def code(code: str, pool: asyncpg.Pool = Depends(pool)) -> ValidCode:
+        try:
+            stored = codes.normalise(code)
+        except codes.InvalidCode as exc:
+            raise ApiProblem(400, {"valid": False, "error": str(exc)}) from None
+        async with pool.acquire() as conn:
+            status = await conn.fetchval(
+                "select status from referral_codes where code = $1", stored
+            )
+        if status is None or status == "revoked":
+            raise ApiProblem(404, {"valid": False})
+        return ValidCode(
+            valid=True,
+            code=codes.display(stored),
+            referee_discount_cents=service.settings.referee_discount_cents,
+            currency=service.settings.program_currency,
+        )
+
+    @api.get(
+        "/accounts/{account_id:path}/referrals",
+        operation_id="listReferrals",
+        response_model=Referrals,
+        summary="A referrer's code, link and referrals",
+        responses={
+            404: {"model": UnknownAccountError, "description": "No billing event seen for it"},
+            **_COMMON_ERRORS,
+        },
+    )
+    async def referrals(account_id: str, pool: asyncpg.Pool = Depends(pool)) -> Referrals:
+        if not account_id.strip():
+            raise ApiProblem(404, {"error": "unknown account", "account_id": account_id})
+        try:
+            async with pool.acquire() as conn:
+                page = await referrals_page(conn, account_id, service.settings, service.clock())
+        except UnknownAccount:
+            raise ApiProblem(
+                404, {"error": "unknown account", "account_id": account_id}
+            ) from None
+        return Referrals.model_validate(page.to_json())
+
+    return api
