@@ -105,9 +105,9 @@ def referral_words(
         if reason in INELIGIBLE_WORDS:
             return "not eligible: " + INELIGIBLE_WORDS[reason]
         return "not eligible"
+    if status in (Status.PENDING, Status.QUALIFIED) and amount_cents <= 0:
+        return "pending: their current plan earns no reward"
     if status == Status.QUALIFIED:
-        if amount_cents <= 0:
-            return "pending: their current plan earns no reward"
         if eligible_on:
             return f"on track: {money} if still a client on {day_words(eligible_on)}"
         return f"on track: {money}"
