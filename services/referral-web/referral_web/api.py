@@ -13,12 +13,13 @@ Without a configured `API_TOKEN` every call answers 503.
 from __future__ import annotations
 
 import hmac
+import json
 from typing import TYPE_CHECKING, Any, Literal
 
 import asyncpg
 
-from fastapi import APIRouter, Depends, Request
-from fastapi.responses import JSONResponse
+from fastapi import APIRouter, Depends, Path, Request
+from fastapi.responses import Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
 
@@ -30,6 +31,8 @@ if TYPE_CHECKING:
     from referral_web.app import WebService
 
 PREFIX = "/v1"
+#: Longer than any account id billing makes: such a path names no account.
+MAX_ACCOUNT_ID = 200
 
 
 class ApiProblem(Exception):
@@ -44,11 +47,17 @@ class ApiProblem(Exception):
         self.headers = headers or {}
 
 
-async def problem_response(request: Request, exc: Exception) -> JSONResponse:
-    """The JSON answer of an :class:`ApiProblem` (registered as the app's handler)."""
+async def problem_response(request: Request, exc: Exception) -> Response:
+    """The JSON answer of an :class:`ApiProblem` (registered as the app's handler).
+
+    ASCII-escaped, so that text echoed from a path that was not UTF-8 still makes a body.
+    """
     assert isinstance(exc, ApiProblem)
-    return JSONResponse(
-        exc.body, status_code=exc.status, headers={"cache-control": "no-store", **exc.headers}
+    return Response(
+        json.dumps(exc.body, ensure_ascii=True),
+        status_code=exc.status,
+        media_type="application/json",
+        headers={"cache-control": "no-store", **exc.headers},
     )
 
 
@@ -145,7 +154,14 @@ def router(service: WebService) -> APIRouter:
             **_COMMON_ERRORS,
         },
     )
-    async def code(code: str, pool: asyncpg.Pool = Depends(pool)) -> ValidCode:
+    async def code(
+        code: str = Path(
+            description="A code as a person typed it: case, spaces and hyphens do not matter, "
+            "O reads as 0 and I or L as 1",
+            examples=["K3F7-9QXM"],
+        ),
+        pool: asyncpg.Pool = Depends(pool),
+    ) -> ValidCode:
         try:
             stored = codes.normalise(code)
         except codes.InvalidCode as exc:
@@ -173,8 +189,14 @@ def router(service: WebService) -> APIRouter:
             **_COMMON_ERRORS,
         },
     )
-    async def referrals(account_id: str, pool: asyncpg.Pool = Depends(pool)) -> Referrals:
-        if not account_id.strip():
+    async def referrals(
+        account_id: str = Path(
+            description="Billing's account id (a slash in it is sent as %2F)",
+            examples=["acct-7f3a9c21"],
+        ),
+        pool: asyncpg.Pool = Depends(pool),
+    ) -> Referrals:
+        if not _plausible_account(account_id):
             raise ApiProblem(404, {"error": "unknown account", "account_id": account_id})
         try:
             async with pool.acquire() as conn:
@@ -186,3 +208,14 @@ def router(service: WebService) -> APIRouter:
         return Referrals.model_validate(page.to_json())
 
     return api
+
+
+def _plausible_account(account_id: str) -> bool:
+    """Whether the text can be an account id at all (text Postgres can hold, not too long)."""
+    if not account_id.strip() or len(account_id) > MAX_ACCOUNT_ID or "\x00" in account_id:
+        return False
+    try:
+        account_id.encode()
+    except UnicodeEncodeError:  # a lone surrogate from a path that was not UTF-8
+        return False
+    return True
