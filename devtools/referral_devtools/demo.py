@@ -11,9 +11,12 @@ What it does, in order:
    wait until the consumer (the service's own code, in this process) applied
    or dead-lettered every one, and run the scheduler's decision pass for each
    day of the month, publishing what it decided;
-4. prints a summary read from the database, and checks that the number of
-   ``payout.due`` messages on the topic equals the number of due payouts
-   (exit status 1 if not).
+4. serves the database with referral-web and saves PNG screenshots of a
+   referrer's page and a landing page, taken with Debian's headless Chromium
+   (:mod:`referral_devtools.screenshots`; ``--screenshots DIR``);
+5. prints a summary read from the database, with where the screenshots are,
+   and checks that the number of ``payout.due`` messages on the topic equals
+   the number of due payouts (exit status 1 if not).
 """
 
 from __future__ import annotations
@@ -46,7 +49,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from payout_scheduler.metrics import SchedulerMetrics
 from payout_scheduler.passes import run_pass
 from referral_consumer.app import ConsumerService
-from referral_devtools import demo_data, devstack
+from referral_devtools import demo_data, devstack, screenshots
 from referral_ops import partners
 from referral_program import codes
 from referral_program.table import REWARD_CENTS, Outcome, format_money
@@ -95,6 +98,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         type=_year,
         default=DEFAULT_YEAR,
         help=f"the year of billing (default {DEFAULT_YEAR}); the demo runs 4 months past it",
+    )
+    demo.add_argument(
+        "--screenshots",
+        type=Path,
+        default=Path("demo-screenshots"),
+        metavar="DIR",
+        help="where to save PNGs of a referrer's page and a landing page, taken with Debian's "
+        "headless Chromium after the year (default ./demo-screenshots)",
     )
     demo.add_argument(
         "--keep",
@@ -326,6 +337,7 @@ class Report:
     topic: TopicTally
     top_referrer: str | None
     stack_seconds: float
+    screenshots: screenshots.Screenshots = field(default_factory=screenshots.Screenshots)
     seconds: float = 0.0
     due_count: int = field(init=False, default=0)
     due_cents: int = field(init=False, default=0)
@@ -376,6 +388,7 @@ async def _run(
         async with pool.acquire() as conn:
             summary = await _read_summary(conn)
         tally = await count_payouts_on_topic(settings, topics.payout_due)
+        pictures = await screenshots.take(pool, settings, args.screenshots)
     finally:
         await producer.stop()
         await pool.close()
@@ -385,6 +398,7 @@ async def _run(
         consumed=consumed,
         topic=tally,
         stack_seconds=stack_seconds,
+        screenshots=pictures,
         **summary,
     )
 
@@ -737,6 +751,12 @@ def render_summary(report: Report) -> str:
         + (f", {currencies}" if currencies else "")
         + f" ({verdict}; program currency {tally.program_currency})"
     )
+    pictures = report.screenshots
+    if pictures.files:
+        out.append("Screenshots of the pages (Debian's headless Chromium):")
+        out += [f"  {path.resolve()}" for path in pictures.files]
+    else:
+        out.append(f"No screenshots of the pages: {pictures.missing}")
     out.append(f"took {_duration(report.seconds)} (starting the stack {report.stack_seconds:.1f}s)")
     return "\n".join(out)
 

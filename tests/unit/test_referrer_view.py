@@ -34,8 +34,9 @@ def _referral(referee: str, status: str, amount: int, **extra: object) -> Referr
 
 def test_friends_are_masked_so_that_no_account_can_be_named() -> None:
     assert mask_account("acct-7f3a9c21") == "•••c21"
-    assert mask_account("12345678") == "•••"
-    assert mask_account("vr") == "•••"
+    assert mask_account("12345678") == "•••78"
+    assert mask_account("A00123") == "•••23"
+    assert mask_account("vr") == mask_account("R0001") == "•••"
 
 
 def test_totals_count_paid_due_and_what_could_still_be_earned() -> None:

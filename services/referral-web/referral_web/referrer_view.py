@@ -22,9 +22,9 @@ from referral_web.wording import (
     referral_words,
 )
 
-#: Shown of a friend's account id at most: its last characters, only when it is long.
-_VISIBLE_TAIL = 3
-_MIN_LENGTH_FOR_TAIL = 9
+#: Shown of a friend's account id: its last characters, fewer the shorter the id is
+#: (id length at least -> characters shown), never enough to name the account.
+_VISIBLE_TAIL = ((9, 3), (6, 2))
 
 
 @dataclass(frozen=True)
@@ -97,10 +97,12 @@ class ReferrerView:
 
 
 def mask_account(account_id: str) -> str:
-    """A friend's account as the referrer sees it: ``•••`` and, for a long id, its last three
-    characters (``acct-7f3a9c21`` -> ``•••c21``), never enough to name the account."""
-    if len(account_id) >= _MIN_LENGTH_FOR_TAIL:
-        return "•••" + account_id[-_VISIBLE_TAIL:]
+    """A friend's account as the referrer sees it: ``•••`` and the last two or three characters
+    of a long enough id (``acct-7f3a9c21`` -> ``•••c21``, ``A00123`` -> ``•••23``, ``vr`` ->
+    ``•••``): enough to tell friends apart, never enough to name one."""
+    for length, shown in _VISIBLE_TAIL:
+        if len(account_id) >= length:
+            return "•••" + account_id[-shown:]
     return "•••"
 
 
