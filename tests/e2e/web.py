@@ -155,20 +155,18 @@ def web_process(settings: Settings, log: Path, **env: str) -> Iterator[tuple[Web
     """The `referral-web` console script as a real process, ready when the block begins."""
     port = free_port()
     configured = web_settings(settings, port)
-    proc = spawn(
-        ["referral-web"],
-        settings,
-        log,
-        HTTP_PORT=str(port),
-        PAGE_SIGNING_KEY=SIGNING_KEY,
-        API_TOKEN=API_TOKEN,
-        REFERRAL_LINK_BASE=configured.referral_link_base,
-        PAGE_LINK_BASE=configured.page_link_base,
-        SIGNUP_URL=SIGNUP_URL,
-        VISIT_FLUSH_SECONDS="0.2",
-        HEALTH_PROBE_SECONDS="0.5",
+    variables = {
+        "HTTP_PORT": str(port),
+        "PAGE_SIGNING_KEY": SIGNING_KEY,
+        "API_TOKEN": API_TOKEN,
+        "REFERRAL_LINK_BASE": configured.referral_link_base,
+        "PAGE_LINK_BASE": configured.page_link_base,
+        "SIGNUP_URL": SIGNUP_URL,
+        "VISIT_FLUSH_SECONDS": "0.2",
+        "HEALTH_PROBE_SECONDS": "0.5",
         **env,
-    )
+    }
+    proc = spawn(["referral-web"], settings, log, **variables)
     web = Web(f"http://127.0.0.1:{port}", configured)
     try:
 
