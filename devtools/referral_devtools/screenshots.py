@@ -83,7 +83,9 @@ async def take(pool: asyncpg.Pool, settings: Settings, out_dir: Path) -> Screens
 
     missing = [str(p) for p in (CHROMIUM, CHROMEDRIVER) if not p.is_file()]
     if missing:
-        return Screenshots(missing=f"{', '.join(missing)} not installed (`make deps` installs them)")
+        return Screenshots(
+            missing=f"{', '.join(missing)} not installed (`make deps` installs them)"
+        )
     async with pool.acquire() as conn:
         row = await conn.fetchrow(_SHOWCASE_REFERRER)
     if row is None:

@@ -128,4 +128,3 @@ async def lock_account(conn: asyncpg.Connection, account_id: str) -> asyncpg.Rec
     if row is None:
         raise UnknownAccount(account_id)
     return row
-

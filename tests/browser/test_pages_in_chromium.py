@@ -132,9 +132,10 @@ def test_the_landing_page_of_a_valid_an_alias_and_a_revoked_code(
     assert _open(browser, f"{base}/{story.revoked}") == 200
     assert "no longer active" in browser.find_element(By.TAG_NAME, "h1").text
     assert not browser.find_elements(By.CSS_SELECTOR, ".offer")
-    assert browser.find_element(By.CSS_SELECTOR, '[data-testid="signup"]').get_attribute(
-        "href"
-    ) == SIGNUP_URL
+    assert (
+        browser.find_element(By.CSS_SELECTOR, '[data-testid="signup"]').get_attribute("href")
+        == SIGNUP_URL
+    )
 
 
 @pytest.mark.parametrize("size", ["desktop", "phone"])
@@ -147,7 +148,9 @@ def test_both_pages_have_no_serious_accessibility_violations(
         "referrer": web.page_link(REFERRER),
         "landing": f"{web.settings.referral_link_base}/{story.code}",
         "landing of a revoked code": f"{web.settings.referral_link_base}/{story.revoked}",
-        "expired link": web.page_link(REFERRER, days=1).replace("/my-referrals/", "/my-referrals/x"),
+        "expired link": web.page_link(REFERRER, days=1).replace(
+            "/my-referrals/", "/my-referrals/x"
+        ),
     }
     for name, url in pages.items():
         _open(browser, url)

@@ -274,7 +274,9 @@ def test_every_alert_is_labelled_annotated_and_has_a_runbook_section() -> None:
         name = rule["alert"]
         assert rule["labels"]["severity"] in {"critical", "warning"}, name
         assert {"summary", "description", "runbook_url"} <= rule["annotations"].keys(), name
-        document, _, anchor = rule["annotations"]["runbook_url"].removeprefix(RUNBOOK_BASE).partition("#")
+        document, _, anchor = (
+            rule["annotations"]["runbook_url"].removeprefix(RUNBOOK_BASE).partition("#")
+        )
         assert document in RUNBOOKS, f"{name}: runbook_url must point into {sorted(RUNBOOKS)}"
         assert anchor == _github_anchor(name), name
         assert anchor in _headings(RUNBOOKS[document]), f"{document} has no section for {name}"

@@ -334,7 +334,9 @@ def test_service_monitors_match_the_scrape_config() -> None:
         for doc in yaml.safe_load_all((MONITORING / "servicemonitor.yaml").read_text())
     }
     jobs = {job["job_name"]: job for job in config["scrape_configs"] if job.get("dns_sd_configs")}
-    assert monitors.keys() == jobs.keys() == {"referral-consumer", "payout-scheduler", "referral-web"}
+    assert (
+        monitors.keys() == jobs.keys() == {"referral-consumer", "payout-scheduler", "referral-web"}
+    )
     for name, job in jobs.items():
         monitor = monitors[name]
         assert monitor["apiVersion"] == "monitoring.coreos.com/v1"

@@ -41,7 +41,7 @@ async def test_accounts_without_a_code_get_one_announced_and_only_once(
     after = await _codes(db)
     assert after["acct-seen-1"] == before["acct-seen-1"]
     for account in ("acct-new-2", "acct-new-3"):
-        ((code, status),) = after[account]
+        ((_code, status),) = after[account]
         assert status == "active"
     messages = (await outbox(db, settings.topics.code_assigned))[announced_before:]
     assert sorted((m["key"], m["data"]["code"], m["data"]["link"]) for m in messages) == [

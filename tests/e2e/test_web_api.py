@@ -20,7 +20,6 @@ from referral_devtools import devstack
 from referral_devtools import synthetic as bill
 from referral_ops import code_changes, listing
 from referral_program import codes
-from referral_runtime.db import create_pool
 from referral_runtime.referral_state import Outbound
 from referral_runtime.settings import Settings
 from referral_web import openapi
@@ -240,6 +239,4 @@ schema = schemathesis.openapi.from_path(
 
 @schema.parametrize()
 def test_every_answer_agrees_with_the_document(case: schemathesis.Case, live_api: Web) -> None:
-    case.call_and_validate(
-        base_url=live_api.base, headers={"Authorization": f"Bearer {API_TOKEN}"}
-    )
+    case.call_and_validate(base_url=live_api.base, headers={"Authorization": f"Bearer {API_TOKEN}"})

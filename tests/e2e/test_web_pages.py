@@ -16,7 +16,7 @@ from referral_runtime.page_links import PageLinks
 from referral_runtime.settings import Settings
 from referral_web.referrer_view import mask_account
 from tests.conftest import wait_for
-from tests.e2e.web import SIGNING_KEY, SIGNUP_URL, serving, table_rows, element_text
+from tests.e2e.web import SIGNING_KEY, SIGNUP_URL, element_text, serving, table_rows
 from tests.e2e.web_story import OTHER, PERSONAL, REFERRER, referrer_with_every_status
 
 NEW_LINK_ADVICE = "How to get a new link"
@@ -35,7 +35,7 @@ async def test_a_referrer_sees_every_status_in_plain_words(
     rows = {row[0]: row for row in table_rows(html, "referrals")}
     assert len(rows) == len(story.expected)
     for expected in story.expected:
-        friend, _plan, words, _referred, _eligible, _pay_by, amount = rows[
+        _friend, _plan, words, _referred, _eligible, _pay_by, amount = rows[
             mask_account(expected.referee)
         ]
         assert (words, amount) == (expected.words, expected.amount), expected.referee

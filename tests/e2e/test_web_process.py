@@ -67,6 +67,8 @@ def test_without_a_good_signing_key_it_refuses_to_start(
 ) -> None:
     monkeypatch.delenv("PAGE_SIGNING_KEY", raising=False)
     log = tmp_path / "referral-web.log"
-    proc = spawn(["referral-web"], settings, log, **({} if key is None else {"PAGE_SIGNING_KEY": key}))
+    proc = spawn(
+        ["referral-web"], settings, log, **({} if key is None else {"PAGE_SIGNING_KEY": key})
+    )
     assert proc.wait(30) == 2
     assert "PAGE_SIGNING_KEY" in log.read_text()

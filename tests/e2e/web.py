@@ -151,7 +151,9 @@ def serving(
 
 
 @contextlib.contextmanager
-def web_process(settings: Settings, log: Path, **env: str) -> Iterator[tuple[Web, subprocess.Popen[bytes]]]:
+def web_process(
+    settings: Settings, log: Path, **env: str
+) -> Iterator[tuple[Web, subprocess.Popen[bytes]]]:
     """The `referral-web` console script as a real process, ready when the block begins."""
     port = free_port()
     configured = web_settings(settings, port)

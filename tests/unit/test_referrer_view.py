@@ -60,7 +60,11 @@ def test_totals_count_paid_due_and_what_could_still_be_earned() -> None:
         discount_cents=10_000,
         currency="USD",
     )
-    assert (view.totals.paid, view.totals.due, view.totals.pending) == ("$1,000", "$1,200", "$1,200")
+    assert (view.totals.paid, view.totals.due, view.totals.pending) == (
+        "$1,000",
+        "$1,200",
+        "$1,200",
+    )
     by_friend = {row.friend: row for row in view.rows}
     assert by_friend["•••001"].words == "paid Apr 12, 2027"
     assert by_friend["•••001"].tone == "paid"

@@ -10,14 +10,13 @@ Answers carry program facts only: no email, phone or payment fingerprint.
 Without a configured `API_TOKEN` every call answers 503.
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations`: FastAPI reads the endpoints' annotations, and
+# those name the dependencies defined inside router().
 import hmac
 import json
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import asyncpg
-
 from fastapi import APIRouter, Depends, Path, Request
 from fastapi.responses import Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -114,16 +113,34 @@ class UnknownAccountError(BaseModel):
 
 _bearer = HTTPBearer(auto_error=False, description="API_TOKEN")
 
+CodeParameter = Annotated[
+    str,
+    Path(
+        description="A code as a person typed it: case, spaces and hyphens do not matter, "
+        "O reads as 0 and I or L as 1",
+        examples=["K3F7-9QXM"],
+    ),
+]
+AccountParameter = Annotated[
+    str,
+    Path(
+        description="Billing's account id (a slash in it is sent as %2F)",
+        examples=["acct-7f3a9c21"],
+    ),
+]
+
 _COMMON_ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": ApiError, "description": "Missing or wrong bearer token"},
     503: {"model": ApiError, "description": "API_TOKEN not configured, or not ready yet"},
 }
 
 
-def router(service: WebService) -> APIRouter:
+def router(service: "WebService") -> APIRouter:
     """The API's routes, reading through ``service``'s pool."""
 
-    def authorised(credentials: HTTPAuthorizationCredentials | None = Depends(_bearer)) -> None:
+    def authorised(
+        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    ) -> None:
         token = service.settings.api_token
         if not token:
             raise ApiProblem(503, {"error": "API_TOKEN not configured"})
@@ -154,14 +171,7 @@ def router(service: WebService) -> APIRouter:
             **_COMMON_ERRORS,
         },
     )
-    async def code(
-        code: str = Path(
-            description="A code as a person typed it: case, spaces and hyphens do not matter, "
-            "O reads as 0 and I or L as 1",
-            examples=["K3F7-9QXM"],
-        ),
-        pool: asyncpg.Pool = Depends(pool),
-    ) -> ValidCode:
+    async def code(code: CodeParameter, pool: Annotated[asyncpg.Pool, Depends(pool)]) -> ValidCode:
         try:
             stored = codes.normalise(code)
         except codes.InvalidCode as exc:
@@ -190,11 +200,7 @@ def router(service: WebService) -> APIRouter:
         },
     )
     async def referrals(
-        account_id: str = Path(
-            description="Billing's account id (a slash in it is sent as %2F)",
-            examples=["acct-7f3a9c21"],
-        ),
-        pool: asyncpg.Pool = Depends(pool),
+        account_id: AccountParameter, pool: Annotated[asyncpg.Pool, Depends(pool)]
     ) -> Referrals:
         if not _plausible_account(account_id):
             raise ApiProblem(404, {"error": "unknown account", "account_id": account_id})
@@ -202,9 +208,7 @@ def router(service: WebService) -> APIRouter:
             async with pool.acquire() as conn:
                 page = await referrals_page(conn, account_id, service.settings, service.clock())
         except UnknownAccount:
-            raise ApiProblem(
-                404, {"error": "unknown account", "account_id": account_id}
-            ) from None
+            raise ApiProblem(404, {"error": "unknown account", "account_id": account_id}) from None
         return Referrals.model_validate(page.to_json())
 
     return api

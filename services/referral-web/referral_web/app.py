@@ -145,7 +145,9 @@ class WebService:
     async def _check(self) -> None:
         ok = await self._probe.check_database()
         if ok != self.db_ok:
-            log.info("dependency_available" if ok else "dependency_unavailable", dependency="database")
+            log.info(
+                "dependency_available" if ok else "dependency_unavailable", dependency="database"
+            )
         self.db_ok = ok
         self.metrics.ready.set(1 if self.ready() else 0)
 
@@ -258,6 +260,7 @@ def create_app(settings: Settings | None = None, *, service: WebService | None =
         return pages.unavailable()
 
     for error in TRANSIENT_DB_ERRORS:
-        app.add_exception_handler(error, database_unavailable)
+        if issubclass(error, Exception):
+            app.add_exception_handler(error, database_unavailable)
     app.add_exception_handler(api.ApiProblem, api.problem_response)
     return app

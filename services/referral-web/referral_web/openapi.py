@@ -51,6 +51,8 @@ def render(app: FastAPI | None = None) -> str:
 
 
 def _placeholder_app() -> FastAPI:
+    from pydantic import SecretStr
+
     from referral_runtime.settings import Settings
     from referral_web.app import WebService, create_app
 
@@ -58,7 +60,7 @@ def _placeholder_app() -> FastAPI:
         _env_file=None,  # type: ignore[call-arg]
         kafka_bootstrap_servers="unused:9092",
         database_url="postgresql://unused/unused",
-        page_signing_key="placeholder-key-for-the-document-only",
+        page_signing_key=SecretStr("placeholder-key-for-the-document-only"),
     )
     return create_app(service=WebService(settings))
 

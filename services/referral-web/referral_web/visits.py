@@ -25,6 +25,8 @@ from referral_web.store import add_visits
 
 log = structlog.get_logger(__name__)
 
+#: A flush that fails for these keeps its counts for the next one.
+_FLUSH_ERRORS: tuple[type[BaseException], ...] = (*TRANSIENT_DB_ERRORS, asyncpg.PostgresError)
 #: Distinct (code, day) pairs held between two flushes at most; more are dropped and counted.
 MAX_BUFFERED_CODES = 20_000
 
@@ -66,7 +68,7 @@ async def flush(pool: asyncpg.Pool, buffer: VisitBuffer, metrics: WebMetrics) ->
     try:
         async with pool.acquire() as conn:
             await add_visits(conn, counts)
-    except (*TRANSIENT_DB_ERRORS, asyncpg.PostgresError) as exc:
+    except _FLUSH_ERRORS as exc:
         buffer.put_back(counts)
         metrics.visit_flush_failures.inc()
         log.warning("visit_flush_failed", error=type(exc).__name__, codes=len(counts))
