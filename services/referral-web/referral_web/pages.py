@@ -166,6 +166,11 @@ def router(service: WebService, *, landing_prefix: str, page_prefix: str) -> API
             expires_on=day_words(grant.expires_at.astimezone(settings.tz).date()),
         )
 
+    @pages.get(landing_prefix + "/")
+    async def landing_without_code() -> HTMLResponse:
+        service.metrics.landings.labels("malformed").inc()
+        return render("landing.html", offer=None, code=None, signup=settings.signup_url)
+
     @pages.get(landing_prefix + "/{code}")
     async def landing(code: str) -> HTMLResponse:
         stored = codes.try_normalise(code)
