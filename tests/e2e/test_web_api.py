@@ -138,6 +138,7 @@ async def test_unknown_accounts_paths_and_methods(
         unknown = web.get("/v1/accounts/nobody/referrals", token=API_TOKEN)
         blank = web.get("/v1/accounts/%20/referrals", token=API_TOKEN)
         nul = web.get("/v1/accounts/a%00b/referrals", token=API_TOKEN)
+        line_break = web.get("/v1/accounts/a%0Ab%0A/referrals", token=API_TOKEN)
         not_found = [
             web.get(path, token=API_TOKEN)
             for path in ("/v1/accounts/nobody", "/v1/codes", "/v1/", "/v1/codes/A/B")
@@ -148,6 +149,11 @@ async def test_unknown_accounts_paths_and_methods(
         {"error": "unknown account", "account_id": "nobody"},
     )
     assert blank.status == 404 and nul.status == 404
+    # found by the property test: a line break in the id must not miss the route
+    assert (line_break.status, line_break.json()) == (
+        404,
+        {"error": "unknown account", "account_id": "a\nb\n"},
+    )
     for response in not_found:
         assert response.status == 404
     assert post.status == 405

@@ -21,6 +21,7 @@ from fastapi import APIRouter, Depends, Path, Request
 from fastapi.responses import Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
+from starlette.convertors import Convertor, register_url_convertor
 
 from referral_ops.listing import referrals_page
 from referral_ops.support import UnknownAccount
@@ -113,6 +114,23 @@ class UnknownAccountError(BaseModel):
 
 _bearer = HTTPBearer(auto_error=False, description="API_TOKEN")
 
+
+class _AnyText(Convertor[str]):
+    """A path parameter that may hold anything, a slash or a line break included (Starlette's
+    `path` stops at a line break, and the request would miss the route: a 404 unlike the
+    documented one)."""
+
+    regex = "(?s:.*)"
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
+register_url_convertor("any_text", _AnyText())
+
 CodeParameter = Annotated[
     str,
     Path(
@@ -190,7 +208,7 @@ def router(service: "WebService") -> APIRouter:
         )
 
     @api.get(
-        "/accounts/{account_id:path}/referrals",
+        "/accounts/{account_id:any_text}/referrals",
         operation_id="listReferrals",
         response_model=Referrals,
         summary="A referrer's code, link and referrals",

@@ -44,8 +44,6 @@ from referral_web.visits import VisitBuffer, run_flusher
 
 log = structlog.get_logger(__name__)
 
-#: Where the stylesheet and the copy button's script are served.
-ASSETS_PATH = "/referral-assets"
 #: The public pages' queries are small; one that runs longer is stopped, not waited for.
 STATEMENT_TIMEOUT_MS = 5000
 
@@ -241,7 +239,7 @@ def create_app(settings: Settings | None = None, *, service: WebService | None =
     async def metrics() -> Response:
         return Response(generate_latest(web.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    app.mount(ASSETS_PATH, StaticFiles(packages=[("referral_web", "static")]), name="assets")
+    app.mount(pages.ASSETS_PATH, StaticFiles(packages=[("referral_web", "static")]), name="assets")
     app.include_router(api.router(web))
     app.include_router(
         pages.router(

@@ -34,6 +34,8 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger(__name__)
 
+#: Where the stylesheet and the copy button's script are served.
+ASSETS_PATH = "/referral-assets"
 #: The referrer's page shows the visits of the last this many days beside the total.
 VISIT_DAYS = 30
 
@@ -58,8 +60,6 @@ _HEADERS = {
 
 def render(name: str, status: int = 200, **context: Any) -> HTMLResponse:
     """A template rendered with the security headers every page carries."""
-    from referral_web.app import ASSETS_PATH
-
     html = _templates.get_template(name).render(assets=ASSETS_PATH, **context)
     return HTMLResponse(html, status_code=status, headers=_HEADERS)
 
