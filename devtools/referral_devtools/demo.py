@@ -18,10 +18,13 @@ What it does, in order:
    ``payout.failed`` (re-issued by support on the 1st of the next month, then
    paid);
    the scheduler's own status subscriber applies them;
-5. prints a summary read from the database, and checks that the number of
-   ``payout.due`` messages on the topic equals the number of due payouts, and
-   that the payouts paid, failed, overdue and mismatched are what finance
-   published (exit status 1 if not).
+5. serves the database with referral-web and saves PNG screenshots of a
+   referrer's page and a landing page, taken with Debian's headless Chromium
+   (:mod:`referral_devtools.screenshots`; ``--screenshots DIR``);
+6. prints a summary read from the database, with where the screenshots are,
+   and checks that the number of ``payout.due`` messages on the topic equals
+   the number of due payouts, and that the payouts paid, failed, overdue and
+   mismatched are what finance published (exit status 1 if not).
 """
 
 from __future__ import annotations
@@ -57,7 +60,7 @@ from payout_scheduler.metrics import SchedulerMetrics
 from payout_scheduler.passes import decide_on_complete_facts
 from payout_scheduler.status_subscriber import StatusSubscriber
 from referral_consumer.app import ConsumerService
-from referral_devtools import demo_data, devstack
+from referral_devtools import demo_data, devstack, screenshots
 from referral_devtools.demo_finance import FinancePlayer, FinanceTally
 from referral_ops import partners, payout_report
 from referral_program import codes
@@ -107,6 +110,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         type=_year,
         default=DEFAULT_YEAR,
         help=f"the year of billing (default {DEFAULT_YEAR}); the demo runs 4 months past it",
+    )
+    demo.add_argument(
+        "--screenshots",
+        type=Path,
+        default=Path("demo-screenshots"),
+        metavar="DIR",
+        help="where to save PNGs of a referrer's page and a landing page, taken with Debian's "
+        "headless Chromium after the year (default ./demo-screenshots)",
     )
     demo.add_argument(
         "--keep",
@@ -345,6 +356,7 @@ class Report:
     finance: FinanceTally
     top_referrer: str | None
     stack_seconds: float
+    screenshots: screenshots.Screenshots = field(default_factory=screenshots.Screenshots)
     seconds: float = 0.0
     due_count: int = field(init=False, default=0)
     due_cents: int = field(init=False, default=0)
@@ -416,6 +428,7 @@ async def _run(
             finance_tally = await _finance_tally(conn, player, last_day, settings)
         tally = await count_payouts_on_topic(settings, topics.payout_due)
         tally.reissued = player.reissued
+        pictures = await screenshots.take(pool, settings, args.screenshots)
     finally:
         stopping.set()
         await statuses.stop()
@@ -429,6 +442,7 @@ async def _run(
         topic=tally,
         finance=finance_tally,
         stack_seconds=stack_seconds,
+        screenshots=pictures,
         **summary,
     )
 
@@ -819,6 +833,12 @@ def render_summary(report: Report) -> str:
         + (f", {currencies}" if currencies else "")
         + f" ({verdict}; program currency {tally.program_currency})"
     )
+    pictures = report.screenshots
+    if pictures.files:
+        out.append("Screenshots of the pages (Debian's headless Chromium):")
+        out += [f"  {path.resolve()}" for path in pictures.files]
+    else:
+        out.append(f"No screenshots of the pages: {pictures.missing}")
     out.append(f"took {_duration(report.seconds)} (starting the stack {report.stack_seconds:.1f}s)")
     return "\n".join(out)
 

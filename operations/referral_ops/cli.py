@@ -29,6 +29,7 @@ from zoneinfo import ZoneInfo
 import asyncpg
 
 from referral_ops import (
+    backfill,
     code_changes,
     legacy,
     listing,
@@ -45,6 +46,7 @@ from referral_program.table import RULES_VERSION, format_money
 from referral_runtime.db import connect
 from referral_runtime.logs import configure_logging
 from referral_runtime.migrate import Upgrade, upgrade
+from referral_runtime.page_links import DEFAULT_DAYS, MAX_DAYS, PageLinks
 from referral_runtime.recompute import Recomputation
 from referral_runtime.referral_state import Outbound
 from referral_runtime.settings import Settings, load_settings
@@ -495,6 +497,122 @@ def render_legacy_import(done: legacy.LegacyImported, credit_day: date, tz: Zone
     return "\n".join(lines)
 
 
+# --- referral-web: page links and codes for existing accounts ------------------------------
+
+
+def cmd_page_link(args: argparse.Namespace) -> int:
+    account = support.checked_account(args.account)
+    settings = load_settings()
+    if settings.page_signing_key is None:
+        raise support.InvalidInput(
+            "PAGE_SIGNING_KEY is not set: page links are signed with it (the same value "
+            "referral-web checks them with)"
+        )
+    links = PageLinks(settings.page_signing_key.get_secret_value(), settings.page_link_base)
+
+    async def op(conn: asyncpg.Connection, settings: Settings) -> str:
+        known = await conn.fetchval(
+            """select exists (select 1 from accounts where account_id = $1)
+                   or exists (select 1 from legacy_referrals where referrer_account_id = $1)""",
+            account,
+        )
+        if not known:
+            raise support.UnknownAccount(account)
+        return links.link(account, now=datetime.now(UTC), days=args.days)
+
+    return _run(op, settings)
+
+
+def cmd_codes_backfill(args: argparse.Namespace) -> int:
+    actor = _actor(args)
+    path = Path(args.file)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise support.InvalidInput(f"{path}: no such file") from None
+    except OSError as exc:
+        raise support.InvalidInput(f"{path}: can't read it ({exc.strerror})") from None
+    try:
+        rows = backfill.parse_backfill_csv(backfill.decode_csv(data))
+    except support.CodeBackfillError as exc:
+        raise support.CodeBackfillError([f"{path}: {e}" for e in exc.errors]) from None
+
+    async def op(conn: asyncpg.Connection, settings: Settings) -> str:
+        done = await backfill.backfill_codes(
+            conn,
+            rows,
+            file=str(path),
+            actor=actor,
+            out=Outbound.from_settings(settings),
+            randbits=secrets.randbits,
+            dry_run=args.dry_run,
+        )
+        return render_backfill(done)
+
+    return _run(op)
+
+
+def render_backfill(done: backfill.CodesBackfilled, *, shown: int = 20) -> str:
+    """What a backfill did (or, dry, would do): counts, then the first accounts given a code."""
+    head = (
+        f"{'dry run, nothing written: would assign' if done.dry_run else 'assigned'} codes to "
+        f"{len(done.assigned)} accounts of {done.file} ({done.rows} rows: "
+        f"{done.already_had} already had a code, {done.new_accounts} not seen before)"
+    )
+    if not done.dry_run:
+        return head + f"; {len(done.assigned)} referral_code.assigned announcements queued"
+    lines = [head, *(f"  {account}" for account, _ in done.assigned[:shown])]
+    if len(done.assigned) > shown:
+        lines.append(f"  ... and {len(done.assigned) - shown} more")
+    return "\n".join(lines)
+
+
+def _days(text: str) -> int:
+    try:
+        days = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number of days: {text!r}") from None
+    if not 1 <= days <= MAX_DAYS:
+        raise argparse.ArgumentTypeError(f"a link lives 1 to {MAX_DAYS} days, not {days}")
+    return days
+
+
+def _add_web_commands(sub: Subcommands, audited: argparse.ArgumentParser) -> None:
+    page_link = sub.add_parser(
+        "page-link",
+        help="print the signed, expiring link to a referrer's page",
+        description="Print <PAGE_LINK_BASE>/<token>: the referrer's page of ACCOUNT, served by "
+        "referral-web, for whoever holds the link until it expires. Needs PAGE_SIGNING_KEY.",
+    )
+    page_link.add_argument("account", help="the referrer's account id")
+    page_link.add_argument(
+        "--days",
+        type=_days,
+        default=DEFAULT_DAYS,
+        help=f"how long the link works (default {DEFAULT_DAYS}, at most {MAX_DAYS})",
+    )
+    page_link.set_defaults(func=_guarded(cmd_page_link))
+
+    codes_cmd = sub.add_parser("codes", help="referral codes of many accounts at once")
+    codes_sub = codes_cmd.add_subparsers(dest="codes_command", required=True)
+    codes_backfill = codes_sub.add_parser(
+        "backfill",
+        parents=[audited],
+        help="assign and announce codes for existing accounts (billing's CSV export) that have "
+        "none; idempotent",
+        description="CSV with the one column account_id (billing's export of existing "
+        "accounts). Every row is checked first; one bad row assigns nothing. Accounts that "
+        "already have a code keep it.",
+    )
+    codes_backfill.add_argument("file", help="the CSV file (UTF-8)")
+    codes_backfill.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="check the file and show how many accounts would get a code, writing nothing",
+    )
+    codes_backfill.set_defaults(func=_guarded(cmd_codes_backfill))
+
+
 # --- the referral table ----------------------------------------------------------------------
 
 
@@ -793,6 +911,7 @@ def _add_support_commands(sub: Subcommands) -> None:
     dismissed.add_argument("ids", nargs="+", type=int, metavar="ID")
     dismissed.add_argument("--note", required=True, help="why (kept in the audit log)")
     dismissed.set_defaults(func=_guarded(cmd_outbox_dismiss))
+    _add_web_commands(sub, audited)
 
 
 if __name__ == "__main__":

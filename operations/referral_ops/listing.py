@@ -36,6 +36,11 @@ class ReferralLine:
     eligible_on: date | None
     pay_by: date | None
     decided: bool
+    #: Where a due payout stands with finance (due, paid, failed, mismatched, paid_twice);
+    #: None for a referral that is not a due payout.
+    payout_status: str | None = None
+    paid_on: date | None = None  # the day finance paid it (program time zone)
+    failure_reason: str | None = None  # finance's reason, while the payout is failed
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -52,6 +57,8 @@ class ReferralLine:
             "eligible_on": _iso(self.eligible_on),
             "pay_by": _iso(self.pay_by),
             "decided": self.decided,
+            "payout_status": self.payout_status,
+            "paid_on": _iso(self.paid_on),
         }
 
 
@@ -89,6 +96,7 @@ select r.referee_account_id, r.referral_code, r.status, r.reason, r.attributed_a
        r.first_payment_at,
        p.outcome, p.reason as decided_reason, p.plan_family as decided_plan, p.amount_cents,
        p.currency as decided_currency, p.eligible_on, p.pay_by,
+       p.status as payout_status, p.paid_at, p.failure_reason,
        f.plans, f.held
 from referrals r
 left join payouts p using (referral_id)
@@ -154,6 +162,9 @@ def referral_line(
             eligible_on=row["eligible_on"],
             pay_by=row["pay_by"] if row["outcome"] == Outcome.DUE else None,
             decided=True,
+            payout_status=row.get("payout_status"),
+            paid_on=paid_at.astimezone(tz).date() if (paid_at := row.get("paid_at")) else None,
+            failure_reason=row.get("failure_reason"),
             **common,
         )
     family = best_family(row["held"])

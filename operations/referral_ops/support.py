@@ -66,6 +66,17 @@ class LegacyImportError(SupportError):
         )
 
 
+class CodeBackfillError(SupportError):
+    """Every problem found in billing's export of accounts, one ``line N: ...`` entry each."""
+
+    def __init__(self, errors: Sequence[str]) -> None:
+        self.errors = list(errors)
+        noun = "problem" if len(self.errors) == 1 else "problems"
+        super().__init__(
+            f"{len(self.errors)} {noun}, no code was assigned:\n  " + "\n  ".join(self.errors)
+        )
+
+
 def checked_actor(actor: str | None) -> str:
     """The actor recorded in the audit log; empty is refused (someone must own the change)."""
     value = (actor or "").strip()

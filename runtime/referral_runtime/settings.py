@@ -10,7 +10,7 @@ from typing import Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from faststream.security import BaseSecurity, SASLPlaintext, SASLScram256, SASLScram512
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 #: `referrals dev up` writes the embedded stack's addresses here; real env vars win.
@@ -108,6 +108,16 @@ class Settings(BaseSettings):
     # Finance reports back: the scheduler replicas' consumer group on the payout status topic.
     payout_status_group: str = Field(default="payout-scheduler", min_length=1)
 
+    # referral-web: the referrer's page, the friend's landing page and the visit counts.
+    #: Where a friend goes on to sign up; the landing page adds ``referral_code=<CODE>``.
+    signup_url: str = "https://app.example.com/signup"
+    #: The referrer's page is ``<PAGE_LINK_BASE>/<signed token>`` (`referrals page-link`).
+    page_link_base: str = "https://app.example.com/my-referrals"
+    #: The secret that signs page links; referral-web and `referrals page-link` need it.
+    page_signing_key: SecretStr | None = Field(default=None, min_length=32)
+    #: How often referral-web adds the landing visits it counted to code_visits.
+    visit_flush_seconds: float = Field(default=10.0, gt=0, le=300)
+
     @field_validator("program_timezone")
     @classmethod
     def _known_zone(cls, value: str) -> str:
@@ -122,6 +132,13 @@ class Settings(BaseSettings):
     def _link_base(cls, value: str) -> str:
         if not value.startswith(("http://", "https://")):
             raise ValueError("must be an http(s) URL, e.g. https://app.example.com/r")
+        return value.rstrip("/")
+
+    @field_validator("signup_url", "page_link_base")
+    @classmethod
+    def _web_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must be an http(s) URL, e.g. https://app.example.com/signup")
         return value.rstrip("/")
 
     @cached_property

@@ -29,22 +29,31 @@ GRAFANA = DEPLOY / "grafana"
 DASHBOARD = GRAFANA / "referrals-dashboard.json"
 K8S = DEPLOY / "k8s"
 README = DEPLOY / "README.md"
+#: Where each alert's runbook_url may point: deploy/README.md, or docs/runbooks.md.
+RUNBOOK_BASE = "https://github.com/example/referral-rewards/blob/main/"
+RUNBOOKS = {"deploy/README.md": README, "docs/runbooks.md": DEPLOY.parent / "docs" / "runbooks.md"}
 
 
 def _exported() -> tuple[set[str], set[str]]:
     """(series names, histogram names) on the services' own registries, as /metrics shows them.
 
-    Read off the real ``ConsumerMetrics`` and ``SchedulerMetrics``, so a metric
+    Read off the real ``ConsumerMetrics``, ``SchedulerMetrics`` and ``WebMetrics``, so a metric
     renamed or dropped in the code fails the dashboard and alert checks here.
     """
     from prometheus_client import CollectorRegistry
 
     from payout_scheduler.metrics import SchedulerMetrics
     from referral_consumer.metrics import ConsumerMetrics
+    from referral_web.metrics import WebMetrics
 
     series: set[str] = set()
     histograms: set[str] = set()
-    for registry in (ConsumerMetrics(CollectorRegistry()).registry, SchedulerMetrics().registry):
+    registries = (
+        ConsumerMetrics(CollectorRegistry()).registry,
+        SchedulerMetrics().registry,
+        WebMetrics().registry,
+    )
+    for registry in registries:
         for family in registry.collect():
             if family.type == "histogram":
                 histograms.add(family.name)
@@ -65,6 +74,8 @@ CONFIG_KEYS: dict[str, str | None] = {
     "PROGRAM_TIMEZONE": "America/Los_Angeles",
     "PAYOUT_SETTLE_DAYS": "1",
     "REFERRAL_LINK_BASE": None,
+    "PAGE_LINK_BASE": None,
+    "SIGNUP_URL": None,
     "LOG_FORMAT": "json",
     "LOG_LEVEL": "INFO",
     "HTTP_PORT": "8080",
@@ -81,7 +92,9 @@ CONFIG_KEYS: dict[str, str | None] = {
 }
 SECRET_KEYS = {
     "DATABASE_URL",
+    "WEB_DATABASE_URL",
     "API_TOKEN",
+    "PAGE_SIGNING_KEY",
     "KAFKA_SASL_MECHANISM",
     "KAFKA_SASL_USERNAME",
     "KAFKA_SASL_PASSWORD",
@@ -90,6 +103,7 @@ SERVICES = {
     # Deployment name: (console script, replicas)
     "referral-consumer": (["referral-consumer"], 3),
     "payout-scheduler": (["payout-scheduler"], 2),
+    "referral-web": (["referral-web"], 2),
 }
 #: Manifests name the image bare; deploy/k8s/release/ sets its registry and tag.
 IMAGE = "referral-rewards"
@@ -247,23 +261,31 @@ def test_alerts_use_only_exported_metrics_and_scraped_jobs() -> None:
             assert set(named) <= jobs, (rule["alert"], named)
 
 
-def test_every_alert_is_labelled_annotated_and_has_a_runbook_section() -> None:
-    """The runbook URLs themselves are checked in test_release.py. A runbook is a section of
-    deploy/README.md or of docs/runbooks.md; every alert has a row in the README's table."""
-    runbooks = DEPLOY.parent / "docs" / "runbooks.md"
-    headings = {
+def _headings(path: Path) -> set[str]:
+    return {
         _github_anchor(line.lstrip("#"))
-        for path in (README, runbooks)
-        if path.exists()
         for line in path.read_text().splitlines()
         if line.startswith("#")
     }
+
+
+def test_every_alert_is_labelled_annotated_and_has_a_runbook_section() -> None:
+    """The runbook URLs themselves are checked in test_release.py."""
     table = README.read_text().split("## Alerts and runbooks", 1)[1]
     for rule in _alert_rules():
         name = rule["alert"]
         assert rule["labels"]["severity"] in {"critical", "warning"}, name
         assert {"summary", "description", "runbook_url"} <= rule["annotations"].keys(), name
-        assert _github_anchor(name) in headings, f"no runbook section for {name}"
+        document, _, anchor = (
+            rule["annotations"]["runbook_url"].removeprefix(RUNBOOK_BASE).partition("#")
+        )
+        assert document in RUNBOOKS, f"{name}: runbook_url must point into {sorted(RUNBOOKS)}"
+        assert anchor == _github_anchor(name), name
+        assert anchor in _headings(RUNBOOKS[document]), f"{document} has no section for {name}"
+        if document == "docs/runbooks.md":
+            section = RUNBOOKS[document].read_text().split(f"## {name}\n", 1)[1].split("\n## ")[0]
+            for part in ("What it means", "What to check", "What to do"):
+                assert part in section, f"docs/runbooks.md: {name} lacks '{part}'"
         row = f"| {name} | {rule['labels']['severity']} |"
         assert row in table, f"the alert table of deploy/README.md lacks {row}"
 

@@ -44,7 +44,9 @@ def _run(tmp_path: Path, *argv: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-@pytest.mark.parametrize("script", ["referral-consumer", "payout-scheduler", "referrals"])
+@pytest.mark.parametrize(
+    "script", ["referral-consumer", "payout-scheduler", "referral-web", "referrals"]
+)
 def test_console_script_imports_without_the_dev_extra(tmp_path: Path, script: str) -> None:
     result = _run(tmp_path, script)
     assert result.returncode == 0, result.stderr

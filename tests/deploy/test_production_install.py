@@ -62,12 +62,33 @@ def test_the_laptop_wheels_are_not_installed(production_venv: Path) -> None:
 
 @pytest.mark.parametrize(
     "argv",
-    [["referrals", "--help"], ["referral-consumer", "--help"], ["payout-scheduler", "--help"]],
+    [
+        ["referrals", "--help"],
+        ["referral-consumer", "--help"],
+        ["payout-scheduler", "--help"],
+        ["referral-web", "--help"],
+    ],
 )
 def test_every_console_script_answers_help(production_venv: Path, argv: list[str]) -> None:
     result = _run(production_venv, *argv)
     assert result.returncode == 0, result.stderr
     assert "usage" in result.stdout.lower()
+
+
+def test_referral_web_ships_its_templates_and_stylesheet(production_venv: Path) -> None:
+    """Package data: the pages render from the installed package, not from the source tree."""
+    script = (
+        "from referral_web import pages\n"
+        "html = pages.render('landing.html', offer='$100', code='ABCD-EFGH', signup='x').body\n"
+        "assert b'ABCD-EFGH' in html and b'/referral-assets/site.css' in html\n"
+        "from importlib.resources import files\n"
+        "static = files('referral_web') / 'static'\n"
+        "assert (static / 'site.css').is_file() and (static / 'copy.js').is_file()\n"
+        "print('ok')"
+    )
+    result = _run(production_venv, "python", "-c", script)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok"
 
 
 def test_referrals_help_lists_no_developer_command(production_venv: Path) -> None:

@@ -37,11 +37,10 @@ DOCKERFILE = ROOT / "Dockerfile"
 LOCK = ROOT / "requirements.lock"
 DEV_LOCK = ROOT / "requirements-dev.lock"
 
-#: Every runbook_url is this base plus the anchor of the alert's section.
-RUNBOOK_BASE = "https://github.com/example/referral-rewards/blob/main/deploy/README.md#"
-#: ... or, for the alerts whose runbook is in docs/runbooks.md, this one.
-RUNBOOKS = ROOT / "docs" / "runbooks.md"
-RUNBOOKS_BASE = "https://github.com/example/referral-rewards/blob/main/docs/runbooks.md#"
+#: Every runbook_url is this base, one of the runbook documents and the anchor of the
+#: alert's section there.
+RUNBOOK_BASE = "https://github.com/example/referral-rewards/blob/main/"
+RUNBOOKS = {"deploy/README.md": README, "docs/runbooks.md": ROOT / "docs" / "runbooks.md"}
 UID = 10001
 SERVICE_ACCOUNT = "referral-rewards"
 OUR_IMAGE = "referral-rewards"
@@ -212,7 +211,11 @@ def test_every_manifest_is_in_a_kustomization() -> None:
 def test_the_application_and_the_jobs_render() -> None:
     app = {(doc["kind"], doc["metadata"]["name"]) for doc in _render(".")}
     jobs = {(doc["kind"], doc["metadata"]["name"]) for doc in _render("jobs")}
-    assert {("Deployment", "referral-consumer"), ("Deployment", "payout-scheduler")} <= app
+    assert {
+        ("Deployment", "referral-consumer"),
+        ("Deployment", "payout-scheduler"),
+        ("Deployment", "referral-web"),
+    } <= app
     assert not any(kind == "Job" for kind, _ in app), "Jobs run before the rollout: deploy/k8s/jobs"
     assert {kind for kind, _ in jobs} >= {"Job", "ConfigMap", "ServiceAccount"}
     assert ("ServiceAccount", SERVICE_ACCOUNT) in app
@@ -290,13 +293,14 @@ def test_network_policies_admit_8080_and_reach_only_dns_kafka_and_postgres() -> 
     assert not base.get("ingress"), "ingress is opened per service below"
     egress_ports = {(p["protocol"], p["port"]) for rule in base["egress"] for p in rule["ports"]}
     assert egress_ports == {("UDP", 53), ("TCP", 53), ("TCP", 9092), ("TCP", 9093), ("TCP", 5432)}
-    for service in ("referral-consumer", "payout-scheduler"):
+    for service in ("referral-consumer", "payout-scheduler", "referral-web"):
         spec = policies[f"{service}-ingress"]
         assert spec["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": service}
         ports = {(p["protocol"], p["port"]) for rule in spec["ingress"] for p in rule["ports"]}
         assert ports == {("TCP", 8080)}, service
-    scheduler_from = [rule.get("from") for rule in policies["payout-scheduler-ingress"]["ingress"]]
-    assert all(scheduler_from), "the scheduler serves metrics only, to Prometheus"
+    for service in ("referral-consumer", "payout-scheduler"):
+        sources = [rule.get("from") for rule in policies[f"{service}-ingress"]["ingress"]]
+        assert all(sources), f"{service} serves metrics only, to Prometheus"
     # Every pod of the release is covered by the deny-by-default policy.
     for workload in _workloads():
         labels = workload["spec"]["template"]["metadata"]["labels"]
@@ -330,7 +334,9 @@ def test_service_monitors_match_the_scrape_config() -> None:
         for doc in yaml.safe_load_all((MONITORING / "servicemonitor.yaml").read_text())
     }
     jobs = {job["job_name"]: job for job in config["scrape_configs"] if job.get("dns_sd_configs")}
-    assert monitors.keys() == jobs.keys() == {"referral-consumer", "payout-scheduler"}
+    assert (
+        monitors.keys() == jobs.keys() == {"referral-consumer", "payout-scheduler", "referral-web"}
+    )
     for name, job in jobs.items():
         monitor = monitors[name]
         assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
@@ -356,19 +362,15 @@ def test_service_monitors_match_the_scrape_config() -> None:
         assert selected[0]["metadata"]["labels"][spec["jobLabel"]] == name
 
 
-def _headings(path: Path) -> set[str]:
-    if not path.exists():
-        return set()
-    return {
-        _github_anchor(line.lstrip("#"))
-        for line in path.read_text().splitlines()
-        if line.startswith("#")
+def test_every_runbook_url_is_the_one_base_and_an_anchor_of_a_runbook() -> None:
+    headings = {
+        name: {
+            _github_anchor(line.lstrip("#"))
+            for line in path.read_text().splitlines()
+            if line.startswith("#")
+        }
+        for name, path in RUNBOOKS.items()
     }
-
-
-def test_every_runbook_url_is_the_one_base_and_an_anchor_of_the_readme() -> None:
-    """deploy/README.md's runbooks, or docs/runbooks.md's, each under its own base."""
-    headings_of = {RUNBOOK_BASE: _headings(README), RUNBOOKS_BASE: _headings(RUNBOOKS)}
     rules = [
         rule
         for group in yaml.safe_load(ALERTS.read_text())["groups"]
@@ -380,11 +382,42 @@ def test_every_runbook_url_is_the_one_base_and_an_anchor_of_the_readme() -> None
         annotations = rule["annotations"]
         assert "runbook" not in annotations, "runbook_url is the annotation Alertmanager knows"
         url = annotations["runbook_url"]
-        base = next((b for b in headings_of if url.startswith(b)), None)
-        assert base is not None, (rule["alert"], url)
-        anchor = url.removeprefix(base)
+        assert url.startswith(RUNBOOK_BASE), (rule["alert"], url)
+        document, _, anchor = url.removeprefix(RUNBOOK_BASE).partition("#")
+        assert document in RUNBOOKS, (rule["alert"], url)
         assert anchor == _github_anchor(rule["alert"]), rule["alert"]
-        assert anchor in headings_of[base], f"{url}: no such section"
+        assert anchor in headings[document], f"{document} has no section #{anchor}"
+
+
+def test_the_only_way_in_from_outside_is_the_ingress_to_referral_webs_pages() -> None:
+    rendered = _render(".")
+    ingresses = [doc for doc in rendered if doc["kind"] == "Ingress"]
+    assert [i["metadata"]["name"] for i in ingresses] == ["referral-web"]
+    paths = [
+        (path["path"], path["backend"]["service"]["name"])
+        for rule in ingresses[0]["spec"]["rules"]
+        for path in rule["http"]["paths"]
+    ]
+    assert paths == [
+        ("/r", "referral-web"),
+        ("/my-referrals", "referral-web"),
+        ("/referral-assets", "referral-web"),
+    ], "the pages only: not the read API, the probes or /metrics"
+    configmap = next(doc for doc in rendered if doc["kind"] == "ConfigMap")["data"]
+    for key, prefix in (("REFERRAL_LINK_BASE", "/r"), ("PAGE_LINK_BASE", "/my-referrals")):
+        assert configmap[key].endswith(prefix), key
+    for service in (doc for doc in rendered if doc["kind"] == "Service"):
+        assert service["spec"].get("type", "ClusterIP") == "ClusterIP", service["metadata"]
+    (web,) = [
+        d for d in rendered if d["kind"] == "Deployment" and d["metadata"]["name"] == "referral-web"
+    ]
+    (container,) = web["spec"]["template"]["spec"]["containers"]
+    database = {e["name"]: e for e in container["env"]}["DATABASE_URL"]
+    assert database["valueFrom"]["secretKeyRef"]["key"] == "WEB_DATABASE_URL", (
+        "referral-web connects with its own login, not the owner's"
+    )
+    budgets = {d["metadata"]["name"] for d in rendered if d["kind"] == "PodDisruptionBudget"}
+    assert "referral-web" in budgets
 
 
 def test_readme_has_a_command_block_for_every_step() -> None:
@@ -409,6 +442,7 @@ def test_compose_file_names_the_whole_stack() -> None:
         "migrate",
         "referral-consumer",
         "payout-scheduler",
+        "referral-web",
         "prometheus",
         "grafana",
     }
@@ -421,6 +455,7 @@ def test_compose_file_names_the_whole_stack() -> None:
         ("migrate", ["referrals", "migrate"]),
         ("referral-consumer", ["referral-consumer"]),
         ("payout-scheduler", ["payout-scheduler"]),
+        ("referral-web", ["referral-web"]),
     ):
         service = services[name]
         assert service["build"]["context"] == ".." and service["command"] == command, name

@@ -10,6 +10,7 @@ import re
 import tempfile
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import psutil
@@ -66,12 +67,15 @@ def _leftovers(before: set[int]) -> list[str]:
 
 @pytest.mark.timeout(120)
 async def test_the_demo_runs_a_year_and_leaves_nothing_running(
-    capsys: pytest.CaptureFixture[str], restored_logging: None
+    capsys: pytest.CaptureFixture[str], restored_logging: None, tmp_path: Path
 ) -> None:
     before = {child.pid for child in psutil.Process().children(recursive=True)}
     started = time.perf_counter()
+    pictures = tmp_path / "screenshots"
 
-    status = await asyncio.to_thread(cli.main, ["demo", "--accounts", "200"])
+    status = await asyncio.to_thread(
+        cli.main, ["demo", "--accounts", "200", "--screenshots", str(pictures)]
+    )
 
     seconds = time.perf_counter() - started
     out, err = capsys.readouterr()
@@ -106,6 +110,13 @@ async def test_the_demo_runs_a_year_and_leaves_nothing_running(
     assert "dead-lettered" in out and _count(r"^\s+unparseable\s+(\d+)", out) > 0, out
     # Progress went to stderr, one line per month when it is not a terminal.
     assert re.search(r"^2027-12\s+events", err, re.MULTILINE), err
+
+    # The pages as a person sees them: PNGs, named in the summary.
+    assert "Screenshots of the pages" in out, out
+    for name in ("referrer-page", "referrer-page-phone", "landing-page", "landing-page-phone"):
+        png = pictures / f"{name}.png"
+        assert str(png.resolve()) in out
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000, name
 
     assert _leftovers(before) == []
     pattern = os.path.join(tempfile.gettempdir(), f"referrals-demo-{os.getpid()}-*")

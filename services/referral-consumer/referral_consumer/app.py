@@ -25,7 +25,6 @@ from referral_consumer.metrics import ConsumerMetrics
 from referral_consumer.parser import BatchParser
 from referral_consumer.pipeline import BatchPipeline
 from referral_consumer.writer import BatchWriter
-from referral_ops.read_api import ReadApi
 from referral_runtime.db import open_pool
 from referral_runtime.health import DependencyProbe
 from referral_runtime.logs import configure_logging
@@ -258,17 +257,15 @@ def _backoff() -> Backoff:
 
 
 class ConsumerAsgi(AsgiFastStream):
-    """The consumer's ASGI app: its own lifespan, and the read API under /v1/.
+    """The consumer's ASGI app, with its own lifespan.
 
     FastStream's lifespan starts the broker and fails the application's startup
     when Kafka (or, through a startup hook, Postgres) is unreachable. Here the
     lifespan only starts :meth:`ConsumerService.start`, which connects in the
     background with retries, so the probes answer (503) during an outage; on
     shutdown it finishes the batch in hand, commits, and stops the broker.
-    AsgiFastStream routes exact paths only; the read API answers everything under /v1/.
     """
 
-    read_api: ReadApi | None = None
     service: ConsumerService
 
     @contextlib.asynccontextmanager
@@ -281,16 +278,9 @@ class ConsumerAsgi(AsgiFastStream):
         finally:
             await self.service.stop()
 
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        api = self.read_api
-        if scope["type"] == "http" and api is not None and api.handles(scope["path"]):
-            await api(scope, receive, send)
-            return
-        await super().__call__(scope, receive, send)
-
 
 def create_app(settings: Settings | None = None) -> AsgiFastStream:
-    """The ASGI app: broker + /healthz, /readyz and /metrics (and the read API).
+    """The ASGI app: broker + /healthz, /readyz and /metrics (the read API is referral-web's).
 
     Logging is configured here too, so ``faststream run --factory`` logs like the
     console script (JSON, redaction, ``LOG_LEVEL``).
@@ -321,5 +311,4 @@ def create_app(settings: Settings | None = None) -> AsgiFastStream:
         logger=None,
     )
     app.service = service
-    app.read_api = ReadApi(lambda: service.pool, service.settings)
     return app

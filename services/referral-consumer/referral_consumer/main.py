@@ -33,8 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
     return argparse.ArgumentParser(
         prog="referral-consumer",
         description="Consume the billing topics into PostgreSQL until SIGTERM (the batch in "
-        "hand is finished and committed first); serves /healthz, /readyz, /metrics and the "
-        "read API on HTTP_PORT. Configured by environment variables: KAFKA_BOOTSTRAP_SERVERS, "
+        "hand is finished and committed first); serves /healthz, /readyz and /metrics on "
+        "HTTP_PORT (the read API is referral-web's). Configured by environment variables: KAFKA_BOOTSTRAP_SERVERS, "
         "DATABASE_URL, CONSUMER_GROUP, LOG_LEVEL, LOG_FORMAT, ... (see the README). Starts and "
         "stays up while the database or the broker is unreachable, reporting not ready.",
     )
