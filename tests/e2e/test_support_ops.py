@@ -537,6 +537,8 @@ async def test_list_shows_every_referral_with_its_dates_and_amounts(
         "eligible_on": eligible.isoformat(),
         "pay_by": calendar.pay_by(eligible).isoformat(),
         "decided": False,
+        "payout_status": None,
+        "paid_on": None,
     }
     assert (lines["pend"]["status"], lines["pend"]["amount_cents"]) == ("pending", 20_000)
     assert lines["pend"]["eligible_on"] is None
@@ -547,11 +549,16 @@ async def test_list_shows_every_referral_with_its_dates_and_amounts(
         "existing_client",
     )
     assert lines["old-client"]["amount_cents"] == 0
-    assert {k: lines["paid-out"][k] for k in ("status", "amount_cents", "pay_by", "decided")} == {
+    assert {
+        k: lines["paid-out"][k]
+        for k in ("status", "amount_cents", "pay_by", "decided", "payout_status", "paid_on")
+    } == {
         "status": "due",
         "amount_cents": 100_000,
         "pay_by": "2026-06-22",
         "decided": True,
+        "payout_status": "due",
+        "paid_on": None,
     }
 
     table = await run_cli("list", "--referrer", "ref-1")
