@@ -4,8 +4,10 @@ Developer commands (`referrals dev up/down`, `referrals demo`) come from the
 ``referral_rewards.cli`` entry points of the developer tools, installed with
 the ``dev`` extra only; production never imports them.
 
-Exit status: 0 done (what was done is printed), 2 wrong input (the message says
-how to fix it; nothing was changed), 1 the database could not be used.
+Exit status: 0 done (what was done is printed), 2 wrong input or configuration
+(the message says how to fix it; nothing was changed), 1 the database could not
+be used (one line says why). These commands need ``DATABASE_URL`` only: they
+never reach Kafka (what they announce goes through the outbox).
 Changes are recorded in the audit log under ``--actor`` (default:
 ``$REFERRALS_ACTOR``, else the OS user).
 """
@@ -30,13 +32,14 @@ import asyncpg
 from referral_ops import code_changes, legacy, listing, partners, payees, support
 from referral_program import codes
 from referral_program.table import format_money
+from referral_runtime.build_info import add_version_argument
 from referral_runtime.db import connect
 from referral_runtime.logs import configure_logging
 from referral_runtime.migrate import migrate
 from referral_runtime.referral_state import Outbound
-from referral_runtime.settings import Settings, load_settings
+from referral_runtime.settings import DatabaseSettings, load_settings
 
-Operation = Callable[[asyncpg.Connection, Settings], Awaitable[str]]
+Operation = Callable[[asyncpg.Connection, DatabaseSettings], Awaitable[str]]
 
 _DB_UNAVAILABLE: tuple[type[BaseException], ...] = (
     OSError,
@@ -63,9 +66,14 @@ def _error(message: str) -> None:
     print(f"error: {message}", file=sys.stderr)
 
 
-def _run(operation: Operation, settings: Settings | None = None) -> int:
+def _database_error(message: str) -> None:
+    # One line, whatever the driver's text held: operators grep and alert on these.
+    _error(" ".join(message.split()))
+
+
+def _run(operation: Operation, settings: DatabaseSettings | None = None) -> int:
     """Connect, run one operation, print its report; map failures to exit statuses."""
-    settings = settings or load_settings()
+    settings = settings or load_settings(DatabaseSettings)
 
     async def run() -> str:
         conn = await connect(settings.database_url)
@@ -82,8 +90,15 @@ def _run(operation: Operation, settings: Settings | None = None) -> int:
     except asyncpg.exceptions.UndefinedTableError:
         _error("the database has no referral tables yet: run `referrals migrate` first")
         return 1
+    except asyncpg.exceptions.ClientConfigurationError as exc:
+        # A connection option in DATABASE_URL that asyncpg refuses (e.g. a wrong sslmode).
+        _database_error(f"DATABASE_URL is not usable: {exc}")
+        return 2
     except _DB_UNAVAILABLE as exc:
-        _error(f"can't use the database ({type(exc).__name__}: {exc}); check DATABASE_URL")
+        _database_error(f"can't use the database ({type(exc).__name__}: {exc}); check DATABASE_URL")
+        return 1
+    except asyncpg.exceptions.PostgresError as exc:
+        _database_error(f"the database refused ({type(exc).__name__}: {exc})")
         return 1
     print(report)
     return 0
@@ -110,24 +125,17 @@ def _guarded(command: Callable[[argparse.Namespace], int]) -> Callable[[argparse
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
-    settings = load_settings()
+    async def op(conn: asyncpg.Connection, settings: DatabaseSettings) -> str:
+        applied = await migrate(conn)
+        return f"applied migrations: {applied}" if applied else "database is up to date"
 
-    async def run() -> list[int]:
-        conn = await connect(settings.database_url)
-        try:
-            return await migrate(conn)
-        finally:
-            await conn.close()
-
-    applied = asyncio.run(run())
-    print(f"applied migrations: {applied}" if applied else "database is up to date")
-    return 0
+    return _run(op)
 
 
 def cmd_code_rotate(args: argparse.Namespace) -> int:
     actor = _actor(args)
 
-    async def op(conn: asyncpg.Connection, settings: Settings) -> str:
+    async def op(conn: asyncpg.Connection, settings: DatabaseSettings) -> str:
         done = await code_changes.rotate_code(
             conn,
             args.account,
@@ -149,7 +157,7 @@ def cmd_code_rotate(args: argparse.Namespace) -> int:
 def cmd_code_revoke(args: argparse.Namespace) -> int:
     actor = _actor(args)
 
-    async def op(conn: asyncpg.Connection, settings: Settings) -> str:
+    async def op(conn: asyncpg.Connection, settings: DatabaseSettings) -> str:
         done = await code_changes.revoke_code(
             conn,
             args.code,
@@ -175,7 +183,7 @@ def cmd_code_revoke(args: argparse.Namespace) -> int:
 def cmd_payee_set(args: argparse.Namespace) -> int:
     actor = _actor(args)
 
-    async def op(conn: asyncpg.Connection, settings: Settings) -> str:
+    async def op(conn: asyncpg.Connection, settings: DatabaseSettings) -> str:
         done = await payees.set_payee(
             conn, args.referrer, args.payee, referee_account_id=args.referee, actor=actor
         )
@@ -199,7 +207,7 @@ def _cmd_partner(is_partner: bool) -> Callable[[argparse.Namespace], int]:
     def command(args: argparse.Namespace) -> int:
         actor = _actor(args)
 
-        async def op(conn: asyncpg.Connection, settings: Settings) -> str:
+        async def op(conn: asyncpg.Connection, settings: DatabaseSettings) -> str:
             done = await partners.set_partner(
                 conn, args.account, is_partner, actor=actor, tz=settings.tz
             )
@@ -218,7 +226,7 @@ def _cmd_partner(is_partner: bool) -> Callable[[argparse.Namespace], int]:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    async def op(conn: asyncpg.Connection, settings: Settings) -> str:
+    async def op(conn: asyncpg.Connection, settings: DatabaseSettings) -> str:
         legacy_lines = await listing.legacy_lines(conn, args.referrer, settings.tz)
         try:
             page = await listing.referrals_page(conn, args.referrer, settings, datetime.now(UTC))
@@ -241,7 +249,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 def cmd_legacy_import(args: argparse.Namespace) -> int:
     actor = _actor(args)
-    settings = load_settings()
+    settings = load_settings(DatabaseSettings)
     path = Path(args.file)
     try:
         data = path.read_bytes()
@@ -257,7 +265,7 @@ def cmd_legacy_import(args: argparse.Namespace) -> int:
     credit_day = args.credit_from or datetime.now(settings.tz).date()
     credit_from = datetime.combine(credit_day, time(0), tzinfo=settings.tz)
 
-    async def op(conn: asyncpg.Connection, settings: Settings) -> str:
+    async def op(conn: asyncpg.Connection, settings: DatabaseSettings) -> str:
         done = await legacy.import_legacy(
             conn,
             rows,
@@ -428,6 +436,7 @@ PLUGIN_GROUP = "referral_rewards.cli"
 def build_parser() -> argparse.ArgumentParser:
     """The ``referrals`` parser: operator commands, then any installed plugin commands."""
     parser = argparse.ArgumentParser(prog="referrals", description=__doc__.split("\n\n")[0])
+    add_version_argument(parser)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("migrate", help="apply database migrations (idempotent)").set_defaults(
         func=cmd_migrate

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from referral_runtime.build_info import register_build_info
 from referral_runtime.outbox import OutboxMetrics
 from referral_runtime.process_metrics import register_process_metrics
 
@@ -15,6 +16,7 @@ class SchedulerMetrics:
         self.registry = registry or CollectorRegistry()
         registry = self.registry
         register_process_metrics(registry)
+        register_build_info(registry)
         self.decisions = Counter(
             "referrals_scheduler_decisions",
             "Payout decisions recorded, by outcome (due/forfeited/ineligible) and reason",

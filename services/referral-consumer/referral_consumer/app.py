@@ -305,6 +305,18 @@ class ConsumerAsgi(AsgiFastStream):
             return
         await super().__call__(scope, receive, send)
 
+    async def not_found(self, scope: Any, receive: Any, send: Any) -> None:
+        """A plain 404 for a path nothing serves. FastStream's own answers "Application
+        doesn't support regular HTTP protocol", which sends whoever probes the wrong path
+        looking for a protocol problem."""
+        if scope["type"] != "http":
+            await super().not_found(scope, receive, send)
+            return
+        response = AsgiResponse(
+            b"not found", status_code=404, headers={"content-type": "text/plain; charset=utf-8"}
+        )
+        await response(scope, receive, send)
+
 
 def create_app(settings: Settings | None = None) -> AsgiFastStream:
     """The ASGI app: broker + /healthz, /readyz and /metrics (and the read API).

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from referral_runtime.build_info import register_build_info
 from referral_runtime.outbox import OutboxMetrics
 from referral_runtime.process_metrics import register_process_metrics
 
@@ -12,6 +13,7 @@ class ConsumerMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
         register_process_metrics(registry)
+        register_build_info(registry)
         self.events = Counter(
             "referrals_consumer_events",
             "Consumed messages by outcome: applied + duplicate + dead_lettered = consumed",
