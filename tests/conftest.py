@@ -94,7 +94,7 @@ def _container_stack() -> Iterator[Stack]:
         from testcontainers.core.container import DockerContainer
         from testcontainers.core.waiting_utils import wait_for_logs
     except ImportError:
-        pytest.exit("TEST_STACK=containers needs the `containers` extra (testcontainers)", 2)
+        pytest.exit("TEST_STACK=containers needs testcontainers (in the dev lock: make install)", 2)
     try:
         docker.from_env().ping()
     except Exception as exc:

