@@ -40,8 +40,9 @@ DOCKERFILE = ROOT / "Dockerfile"
 LOCK = ROOT / "requirements.lock"
 DEV_LOCK = ROOT / "requirements-dev.lock"
 
-#: Every runbook_url is this base plus the anchor of the alert's section.
-RUNBOOK_BASE = "https://github.com/example/referral-rewards/blob/main/deploy/README.md#"
+#: Every runbook_url of alerts.yml is this path plus the anchor of the alert's section.
+RUNBOOK_PATH = "docs/runbooks.md"
+RUNBOOKS = ROOT / RUNBOOK_PATH
 UID = 10001
 SERVICE_ACCOUNT = "referral-rewards"
 OUR_IMAGE = "referral-rewards"
@@ -451,27 +452,82 @@ def test_service_monitors_match_the_scrape_config() -> None:
         assert selected[0]["metadata"]["labels"][spec["jobLabel"]] == name
 
 
-def test_every_runbook_url_is_the_one_base_and_an_anchor_of_the_readme() -> None:
-    headings = {
-        _github_anchor(line.lstrip("#"))
-        for line in README.read_text().splitlines()
-        if line.startswith("#")
-    }
-    rules = [
+def _alerts() -> list[dict[str, Any]]:
+    """Every alerting rule of alerts.yml (what other branches add included)."""
+    return [
         rule
         for group in yaml.safe_load(ALERTS.read_text())["groups"]
         for rule in group["rules"]
         if "alert" in rule
     ]
-    assert rules
-    for rule in rules:
+
+
+def _runbook_sections() -> dict[str, str]:
+    """docs/runbooks.md's ``## <AlertName>`` sections: heading -> text up to the next one."""
+    parts = re.split(r"^## (.+)$", RUNBOOKS.read_text(), flags=re.MULTILINE)
+    return {heading.strip(): body for heading, body in zip(parts[1::2], parts[2::2], strict=True)}
+
+
+def test_every_alert_has_a_runbook_section_and_its_runbook_url_opens_it() -> None:
+    sections = _runbook_sections()
+    alerts = _alerts()
+    assert alerts
+    for rule in alerts:
+        name = rule["alert"]
+        assert name in sections, f"docs/runbooks.md has no section '## {name}'"
+        for part in ("**What it means.**", "**What to check.**", "**What to do.**"):
+            assert part in sections[name], f"## {name} lacks {part}"
         annotations = rule["annotations"]
         assert "runbook" not in annotations, "runbook_url is the annotation Alertmanager knows"
-        url = annotations["runbook_url"]
-        assert url.startswith(RUNBOOK_BASE), (rule["alert"], url)
-        anchor = url.removeprefix(RUNBOOK_BASE)
-        assert anchor == _github_anchor(rule["alert"]), rule["alert"]
-        assert anchor in headings, f"deploy/README.md has no section #{anchor}"
+        assert annotations["runbook_url"] == f"{RUNBOOK_PATH}#{_github_anchor(name)}", name
+    stale = sections.keys() - {rule["alert"] for rule in alerts}
+    assert not stale, f"runbook sections of no alert: {sorted(stale)}"
+
+
+def _monitoring_urls(directory: Path) -> dict[str, str]:
+    result = subprocess.run(
+        [_binary("kubectl", "it ships kustomize"), "kustomize", str(directory)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    documents = [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+    assert "ConfigMap" not in {doc["kind"] for doc in documents}, "the setting is local-config"
+    (rule,) = [doc for doc in documents if doc["kind"] == "PrometheusRule"]
+    return {
+        r["alert"]: r["annotations"]["runbook_url"]
+        for group in rule["spec"]["groups"]
+        for r in group["rules"]
+        if "alert" in r
+    }
+
+
+def test_the_runbooks_base_url_is_one_setting_of_the_monitoring_kustomization(
+    tmp_path: Path,
+) -> None:
+    (literal,) = [
+        line
+        for generator in yaml.safe_load((MONITORING / "kustomization.yaml").read_text())[
+            "configMapGenerator"
+        ]
+        for line in generator["literals"]
+        if line.startswith("url=")
+    ]
+    base = literal.removeprefix("url=")
+    names = {rule["alert"] for rule in _alerts()}
+    urls = _monitoring_urls(MONITORING)
+    assert urls.keys() == names
+    for name, url in urls.items():
+        assert url == f"{base}#{_github_anchor(name)}", name
+    # Changing that one line moves every alert's link, and keeps every anchor.
+    copy = shutil.copytree(MONITORING, tmp_path / "monitoring")
+    elsewhere = "https://git.internal/platform/referral-rewards/-/blob/v9.9.9/docs/runbooks.md"
+    kustomization = copy / "kustomization.yaml"
+    kustomization.write_text(kustomization.read_text().replace(literal, f"url={elsewhere}"))
+    for name, url in _monitoring_urls(copy).items():
+        assert url == f"{elsewhere}#{_github_anchor(name)}", name
 
 
 def test_readme_has_a_command_block_for_every_step() -> None:
