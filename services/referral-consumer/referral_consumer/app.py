@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator
 from functools import partial
 from typing import Any
@@ -21,6 +22,7 @@ from faststream.asgi import AsgiFastStream, AsgiResponse, get
 from faststream.kafka import KafkaBroker, KafkaMessage
 from prometheus_client import CollectorRegistry, make_asgi_app
 
+from referral_consumer import progress
 from referral_consumer.metrics import ConsumerMetrics
 from referral_consumer.parser import BatchParser
 from referral_consumer.pipeline import BatchPipeline
@@ -31,7 +33,7 @@ from referral_runtime.health import DependencyProbe
 from referral_runtime.logs import configure_logging
 from referral_runtime.outbox import OutboxRelay, start_producer
 from referral_runtime.referral_state import Outbound
-from referral_runtime.retry import Backoff, retry_until_stopped
+from referral_runtime.retry import Backoff, retry_until_stopped, sleep_unless_stopped
 from referral_runtime.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -41,7 +43,8 @@ _MAX_BACKOFF_SECONDS = 30.0
 
 
 class _Rebalances(ConsumerRebalanceListener):  # type: ignore[misc]
-    """Finishes the batch in flight before partitions move; keeps lag gauges to owned ones."""
+    """Finishes the batch in flight before partitions move; keeps the per-partition gauges
+    to the partitions this member owns, and starts their stall clocks on assignment."""
 
     def __init__(self, service: ConsumerService) -> None:
         self._service = service
@@ -53,12 +56,11 @@ class _Rebalances(ConsumerRebalanceListener):  # type: ignore[misc]
             await self._service.pipeline.drain()
             self._service.pipeline.resume()
         self._metrics.rebalances.inc()
-        for tp in revoked:
-            with contextlib.suppress(KeyError):
-                self._metrics.lag.remove(tp.topic, str(tp.partition))
+        progress.forget(revoked, self._service.progress, self._metrics)
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
         self._metrics.assigned_partitions.set(len(assigned))
+        self._service.progress.assign(assigned, time.monotonic())
         log.info(
             "partitions_assigned", partitions=sorted(f"{t.topic}:{t.partition}" for t in assigned)
         )
@@ -98,6 +100,9 @@ class ConsumerService:
         self._producer: AIOKafkaProducer | None = None
         self._start_task: asyncio.Task[None] | None = None
         self._probe_task: asyncio.Task[None] | None = None
+        self._progress_task: asyncio.Task[None] | None = None
+        #: The stall clock of every owned partition (referrals_consumer_partition_stalled_seconds).
+        self.progress = progress.PartitionProgress()
         self._broker_started = False
         self.subscribed = False
         #: Set once the subscriber runs (tests and the harness wait for it).
@@ -114,7 +119,7 @@ class ConsumerService:
             security=settings.faststream_security(),
         )
         topics = settings.topics
-        self.broker.subscriber(
+        self.subscriber = self.broker.subscriber(
             *topics.billing.keys(),
             batch=True,
             max_records=settings.consumer_max_batch,
@@ -134,7 +139,8 @@ class ConsumerService:
             parser=_tolerant_parser,
             decoder=_no_decode,
             title="on_billing_events",
-        )(self.on_billing_events)
+        )
+        self.subscriber(self.on_billing_events)
 
     async def on_billing_events(self, msg: KafkaMessage) -> None:
         """Hand the batch to the pipeline: it commits offsets after the effects are durable."""
@@ -193,10 +199,31 @@ class ConsumerService:
         ):
             return
         self.subscribed = True
+        self._progress_task = asyncio.create_task(
+            self._watch_partitions(), name="partition-progress"
+        )
         await self.probe.check()
         self._set_ready()
         self.started.set()
         log.info("consumer_started", topics=list(s.topics.billing))
+
+    async def _watch_partitions(self) -> None:
+        """Refresh the per-partition lag and stall gauges on a timer, whether batches arrive
+        or not: a partition that stops being applied must show it, not go quiet."""
+        while not self.stopping.is_set():
+            consumer, pipeline = self.subscriber.consumer, self.pipeline
+            if consumer is not None and pipeline is not None:
+                try:
+                    await progress.refresh(
+                        consumer,
+                        self.progress,
+                        pipeline.unapplied_from(),
+                        self.metrics,
+                        time.monotonic,
+                    )
+                except Exception as exc:  # never let a gauge take the consumer down
+                    log.warning("partition_progress_failed", error=type(exc).__name__)
+            await sleep_unless_stopped(self.stopping, progress.REFRESH_SECONDS)
 
     async def _start_broker(self) -> bool:
         """FastStream's broker and subscriber; a failed start is undone before the retry."""
@@ -212,7 +239,7 @@ class ConsumerService:
     async def stop(self) -> None:
         """SIGTERM: finish the batch in hand (its commit included), then release everything."""
         await self.begin_shutdown()
-        for task in (self._start_task, self._probe_task):
+        for task in (self._start_task, self._probe_task, self._progress_task):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

@@ -76,7 +76,16 @@ class ConsumerMetrics:
         )
         self.lag = Gauge(
             "referrals_consumer_lag",
-            "Highwater minus position, per assigned partition",
+            "Messages not yet applied, per assigned partition: the high watermark minus the "
+            "offset up to which the partition is applied (refreshed every second)",
+            ["topic", "partition"],
+            registry=registry,
+        )
+        self.partition_stalled = Gauge(
+            "referrals_consumer_partition_stalled_seconds",
+            "Seconds this partition has had unapplied messages while its applied (committed) "
+            "offset did not move; 0 while nothing waits, counted from this member's assignment "
+            "at most (refreshed every second)",
             ["topic", "partition"],
             registry=registry,
         )
