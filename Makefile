@@ -15,7 +15,7 @@ LOCK := $(BIN)/uv pip compile pyproject.toml --group build --universal --python-
 LOCK_FLAGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install deps run demo test test-all chaos test-containers bench soak lint schemas dev-up dev-down clean image lock monitoring
+.PHONY: help install deps run demo test test-all chaos test-containers bench soak lint audit schemas dev-up dev-down clean image lock monitoring
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -65,6 +65,9 @@ lint: install deps ## import contracts, ruff, mypy, hadolint on the Dockerfile, 
 	$(BIN)/lint-imports
 	$(BIN)/mypy program/referral_program schemas/referral_events
 	$(BIN)/mypy runtime/referral_runtime services/referral-consumer/referral_consumer services/payout-scheduler/payout_scheduler operations/referral_ops devtools/referral_devtools
+
+audit: install ## SBOM (CycloneDX) of requirements.lock and its known vulnerabilities; says when it could not check
+	$(BIN)/python -m referral_devtools.audit --lock requirements.lock --out build/audit
 
 schemas: install ## regenerate JSON Schema + AsyncAPI from the pydantic models
 	$(BIN)/python -m referral_events.generate

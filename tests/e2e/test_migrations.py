@@ -11,15 +11,12 @@ from pathlib import Path
 
 import asyncpg
 
-from referral_devtools import devstack
 from referral_runtime.migrate import available_migrations, migrate
-from tests.conftest import Stack
+from tests.conftest import Stack, create_database
 
 
 async def test_concurrent_migrations_apply_each_file_once(stack: Stack) -> None:
-    url = await devstack.create_database(
-        stack.server_uri, f"m{uuid.uuid4().hex[:8]}", migrated=False
-    )
+    url = await create_database(stack, f"m{uuid.uuid4().hex[:8]}", migrated=False)
     conns = [await asyncpg.connect(url) for _ in range(3)]
     try:
         applied = await asyncio.gather(*(migrate(c) for c in conns))
@@ -34,9 +31,7 @@ async def test_concurrent_migrations_apply_each_file_once(stack: Stack) -> None:
 
 
 async def test_migrate_command(stack: Stack, tmp_path: Path) -> None:
-    url = await devstack.create_database(
-        stack.server_uri, f"m{uuid.uuid4().hex[:8]}", migrated=False
-    )
+    url = await create_database(stack, f"m{uuid.uuid4().hex[:8]}", migrated=False)
     env = {k: v for k, v in os.environ.items() if not k.startswith("KAFKA_")}
     env |= {"DATABASE_URL": url, "REFERRALS_ENV_FILE": "/nonexistent"}  # no broker needed
     script = str(Path(sys.executable).parent / "referrals")
