@@ -218,11 +218,9 @@ def _slug(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture
 async def database_url(stack: Stack, request: pytest.FixtureRequest) -> AsyncIterator[str]:
-    """A fresh, migrated database for this test."""
-    name = _slug(request)
-    admin = await asyncpg.connect(stack.server_uri)
-    await admin.execute(f'drop database if exists "{name}" with (force)')
-    await admin.close()
+    """A fresh, migrated database for this test. Its name is the test's and a random part,
+    so that a database of someone else's (another run on a shared server) is never dropped."""
+    name = f"{_slug(request)}_{os.urandom(3).hex()}"
     url = await create_database(stack, name)
     yield url
     await remove_created(stack, databases={name})

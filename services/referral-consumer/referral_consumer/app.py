@@ -33,7 +33,7 @@ from referral_runtime.health import DependencyProbe
 from referral_runtime.logs import configure_logging
 from referral_runtime.outbox import OutboxRelay, start_producer
 from referral_runtime.referral_state import Outbound
-from referral_runtime.retry import Backoff, retry_until_stopped, sleep_unless_stopped
+from referral_runtime.retry import Backoff, retry_until_stopped
 from referral_runtime.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -101,6 +101,7 @@ class ConsumerService:
         self._start_task: asyncio.Task[None] | None = None
         self._probe_task: asyncio.Task[None] | None = None
         self._progress_task: asyncio.Task[None] | None = None
+        self._progress_due = asyncio.Event()
         #: The stall clock of every owned partition (referrals_consumer_partition_stalled_seconds).
         self.progress = progress.PartitionProgress()
         self._broker_started = False
@@ -183,7 +184,13 @@ class ConsumerService:
             max_message_bytes=s.max_message_bytes,
             program_currency=s.program_currency,
         )
-        self.pipeline = BatchPipeline(parser, self.writer, self.metrics, overlap=s.consumer_overlap)
+        self.pipeline = BatchPipeline(
+            parser,
+            self.writer,
+            self.metrics,
+            overlap=s.consumer_overlap,
+            on_commit=self._progress_due.set,
+        )
         producer = await retry_until_stopped(
             "broker_connect", partial(start_producer, s), self.stopping, _backoff()
         )
@@ -208,9 +215,11 @@ class ConsumerService:
         log.info("consumer_started", topics=list(s.topics.billing))
 
     async def _watch_partitions(self) -> None:
-        """Refresh the per-partition lag and stall gauges on a timer, whether batches arrive
-        or not: a partition that stops being applied must show it, not go quiet."""
+        """Refresh the per-partition lag and stall gauges after every commit and on a timer,
+        whether batches arrive or not: a partition that stops being applied must show it,
+        not go quiet."""
         while not self.stopping.is_set():
+            self._progress_due.clear()
             consumer, pipeline = self.subscriber.consumer, self.pipeline
             if consumer is not None and pipeline is not None:
                 try:
@@ -223,7 +232,8 @@ class ConsumerService:
                     )
                 except Exception as exc:  # never let a gauge take the consumer down
                     log.warning("partition_progress_failed", error=type(exc).__name__)
-            await sleep_unless_stopped(self.stopping, progress.REFRESH_SECONDS)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._progress_due.wait(), progress.REFRESH_SECONDS)
 
     async def _start_broker(self) -> bool:
         """FastStream's broker and subscriber; a failed start is undone before the retry."""

@@ -77,7 +77,7 @@ class ConsumerMetrics:
         self.lag = Gauge(
             "referrals_consumer_lag",
             "Messages not yet applied, per assigned partition: the high watermark minus the "
-            "offset up to which the partition is applied (refreshed every second)",
+            "offset up to which the partition is applied (refreshed after every commit and every second)",
             ["topic", "partition"],
             registry=registry,
         )
@@ -85,7 +85,7 @@ class ConsumerMetrics:
             "referrals_consumer_partition_stalled_seconds",
             "Seconds this partition has had unapplied messages while its applied (committed) "
             "offset did not move; 0 while nothing waits, counted from this member's assignment "
-            "at most (refreshed every second)",
+            "at most (refreshed after every commit and every second)",
             ["topic", "partition"],
             registry=registry,
         )

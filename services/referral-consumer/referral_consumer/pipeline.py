@@ -15,7 +15,7 @@ The invariants:
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -79,9 +79,17 @@ class BatchPipeline:
     """Runs each batch's transaction and offset commit, overlapping with the next fetch."""
 
     def __init__(
-        self, parser: Parser, writer: Writer, metrics: ConsumerMetrics, *, overlap: bool = True
+        self,
+        parser: Parser,
+        writer: Writer,
+        metrics: ConsumerMetrics,
+        *,
+        overlap: bool = True,
+        on_commit: Callable[[], None] | None = None,
     ) -> None:
         self._parser = parser
+        #: Called after each batch's offsets are committed (the lag gauges refresh then).
+        self._on_commit = on_commit
         self._writer = writer
         self._metrics = metrics
         self._overlap = overlap
@@ -155,6 +163,8 @@ class BatchPipeline:
             log.warning(
                 "offset_commit_failed", error=type(exc).__name__, **batch_fields(batch.records)
             )
+        if self._on_commit is not None:
+            self._on_commit()
 
     def _rewind(self, consumer: Any, records: Sequence[Record]) -> None:
         assigned = consumer.assignment()

@@ -16,8 +16,8 @@ committed (the position also steps over offsets that are no records, such as a
 transactional producer's markers, which a committed offset never covers).
 
 :class:`PartitionProgress` is the pure bookkeeping (time passed in);
-:func:`refresh` reads the consumer and sets the gauges, and runs on a timer,
-not after batches, so the values keep moving when nothing is applied.
+:func:`refresh` reads the consumer and sets the gauges. It runs after every
+commit and on a timer, so the values keep moving when nothing is applied.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from aiokafka import TopicPartition
 
 from referral_consumer.metrics import ConsumerMetrics
 
-#: How often the gauges are refreshed; cheap (no request to the broker), so often.
+#: The longest wait between two refreshes; cheap (no request to the broker), so often.
 REFRESH_SECONDS = 1.0
 
 
