@@ -5,18 +5,20 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml requirements-dev.lock | cksum | cut -d' ' -f1)
 PYTEST_FLAGS ?=
-# The image the manifests run: name and tag from deploy/k8s/release/ (the one place they are set).
+# The image the manifests run: its name from deploy/k8s/release/, its tag the project's one
+# version (pyproject.toml; the release names the same, a test checks), its revision the commit.
 RELEASE := deploy/k8s/release/kustomization.yaml
 IMAGE ?= $(shell sed -n 's/^ *newName: *"\{0,1\}\([^" ]*\)"\{0,1\} *$$/\1/p' $(RELEASE) | head -1)
-VERSION ?= $(shell sed -n 's/^ *newTag: *"\{0,1\}\([^" ]*\)"\{0,1\} *$$/\1/p' $(RELEASE) | head -1)
-LOCK := $(BIN)/uv pip compile pyproject.toml --universal --python-version 3.11 --generate-hashes --custom-compile-command 'make lock' --quiet
+VERSION ?= $(shell sed -n 's/^version *= *"\([^"]*\)"$$/\1/p' pyproject.toml | head -1)
+REVISION ?= $(shell git rev-parse HEAD 2>/dev/null || echo unknown)$(shell git status --porcelain 2>/dev/null | grep -q . && echo -dirty)
+LOCK := $(BIN)/uv pip compile pyproject.toml --group build --universal --python-version 3.11 --generate-hashes --custom-compile-command 'make lock' --quiet
 LOCK_FLAGS ?=
 # axe-core for the browser tests' accessibility checks, from the pinned npm lock beside them.
 AXE := tests/browser/node_modules/axe-core/axe.min.js
 APT_INSTALL := apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq
 
 .DEFAULT_GOAL := help
-.PHONY: help install deps run demo test test-all chaos test-containers bench soak lint schemas dev-up dev-down clean image lock monitoring
+.PHONY: help install deps run demo test test-all chaos test-containers bench soak lint audit schemas dev-up dev-down clean image lock monitoring
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -25,7 +27,7 @@ $(STAMP): pyproject.toml requirements-dev.lock
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q --require-hashes -r requirements-dev.lock
-	$(BIN)/python -m pip install -q --no-deps -e .
+	$(BIN)/python -m pip install -q --no-deps --no-build-isolation -e .
 	@rm -f $(VENV)/.installed-* && touch $@
 
 install: $(STAMP) ## create the virtualenv and install the project with its dev tools
@@ -60,7 +62,6 @@ chaos: install deps ## fault injection: broker cut/stall storms and outages long
 
 test-containers: install ## the end-to-end suite against Apache Kafka (KRaft) + PostgreSQL containers (needs Docker)
 	@docker info >/dev/null 2>&1 || { echo "make test-containers: no Docker engine is reachable here ('docker info' fails); nothing was tested" >&2; exit 1; }
-	$(BIN)/python -m pip install -q 'testcontainers>=4.15'
 	TEST_STACK=containers $(BIN)/pytest tests/e2e $(PYTEST_FLAGS)
 
 bench: install ## benchmarks against same-run baselines; writes bench/results.json
@@ -77,13 +78,16 @@ lint: install deps ## import contracts, ruff, mypy, hadolint on the Dockerfile, 
 	$(BIN)/mypy program/referral_program schemas/referral_events
 	$(BIN)/mypy runtime/referral_runtime services/referral-consumer/referral_consumer services/payout-scheduler/payout_scheduler services/referral-web/referral_web operations/referral_ops devtools/referral_devtools
 
+audit: install ## SBOM (CycloneDX) of requirements.lock and its known vulnerabilities; says when it could not check
+	$(BIN)/python -m referral_devtools.audit --lock requirements.lock --out build/audit
+
 schemas: install ## regenerate JSON Schema + AsyncAPI from the pydantic models, and the read API's OpenAPI
 	$(BIN)/python -m referral_events.generate
 	$(BIN)/python -m referral_web.openapi
 
-image: ## build the image deploy/k8s/release/ names, tagged with its version (needs a Docker engine)
+image: ## build the image deploy/k8s/release/ names, tagged with the version, labelled with the commit (needs Docker)
 	@docker info >/dev/null 2>&1 || { echo "make image: no Docker engine is reachable here ('docker info' fails); build on a machine that has one" >&2; exit 1; }
-	docker build --pull --build-arg VERSION=$(VERSION) -t $(IMAGE):$(VERSION) .
+	docker build --pull --build-arg VERSION=$(VERSION) --build-arg REVISION=$(REVISION) -t $(IMAGE):$(VERSION) .
 
 lock: install ## refresh requirements.lock and requirements-dev.lock from pyproject.toml (LOCK_FLAGS=--upgrade)
 	$(LOCK) $(LOCK_FLAGS) -o requirements.lock

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import inspect
 import os
@@ -11,7 +12,7 @@ import shutil
 import subprocess
 import tempfile
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,24 +33,91 @@ hypothesis_settings.load_profile("no-deadline")
 
 
 @dataclass
+class Created:
+    """The databases and topics the tests made on a stack that outlives the session."""
+
+    databases: set[str] = field(default_factory=set)
+    topics: set[str] = field(default_factory=set)
+
+
+@dataclass
 class Stack:
     server_uri: str
     bootstrap: str
     root: Path
+    #: Whether what the tests create there must be removed again (TEST_STACK=external).
+    outlives_tests: bool = False
+    created: Created = field(default_factory=Created)
 
 
 #: Which stack the e2e suite runs against: ``embedded`` (default: embedded Postgres and
-#: Tansu), ``external`` (``KAFKA_BOOTSTRAP_SERVERS`` and ``DATABASE_URL`` given by the user;
-#: every test creates its own topics and database there) or ``containers`` (Apache Kafka in
-#: KRaft mode and PostgreSQL through testcontainers; needs a Docker engine).
+#: Tansu), ``external`` (``KAFKA_BOOTSTRAP_SERVERS`` and ``DATABASE_URL`` given by the user,
+#: with the services' Kafka security settings; every test creates its own topics and database
+#: there, and removes them) or ``containers`` (Apache Kafka in KRaft mode and PostgreSQL
+#: through testcontainers; needs a Docker engine).
 TEST_STACK = os.environ.get("TEST_STACK", "embedded")
+#: The replication factor of the topics the tests create (a cluster may refuse fewer
+#: replicas than its min.insync.replicas, or its policies may require more).
+TEST_REPLICATION_FACTOR = int(os.environ.get("TEST_REPLICATION_FACTOR", "1"))
+
+
+@functools.cache
+def kafka_client_options() -> dict[str, object]:
+    """aiokafka options of every Kafka client the tests make: the services' own security
+    settings, from the same variables (``KAFKA_SECURITY_PROTOCOL``, ``KAFKA_SASL_*``,
+    ``KAFKA_SSL_*``; PLAINTEXT when unset)."""
+    unused = Settings(kafka_bootstrap_servers="unused:9092", database_url="postgresql://unused/x")
+    return unused.kafka_security()
+
+
+async def create_database(stack: Stack, name: str, *, migrated: bool = True) -> str:
+    """A database on the stack's server, recorded so that it is removed after the run."""
+    stack.created.databases.add(name)
+    return await devstack.create_database(stack.server_uri, name, migrated=migrated)
+
+
+async def create_topics(stack: Stack, names: list[str], partitions: int = 4) -> None:
+    """Topics on the stack's broker, recorded so that they are removed after the run."""
+    stack.created.topics.update(names)
+    await devstack.create_topics(
+        stack.bootstrap,
+        names,
+        partitions,
+        replication_factor=TEST_REPLICATION_FACTOR,
+        **kafka_client_options(),
+    )
+
+
+async def remove_created(
+    stack: Stack, *, databases: set[str] | None = None, topics: set[str] | None = None
+) -> None:
+    """Drop what the tests created on a stack that outlives them (all of it by default)."""
+    if not stack.outlives_tests:
+        return  # thrown away with the stack
+    databases = set(stack.created.databases if databases is None else databases)
+    topics = set(stack.created.topics if topics is None else topics)
+    if topics:
+        await devstack.delete_topics(stack.bootstrap, sorted(topics), **kafka_client_options())
+    if databases:
+        admin = await asyncpg.connect(stack.server_uri)
+        try:
+            for name in sorted(databases):
+                await admin.execute(f'drop database if exists "{name}" with (force)')
+        finally:
+            await admin.close()
+    stack.created.databases -= databases
+    stack.created.topics -= topics
 
 
 @pytest.fixture(scope="session")
 def stack() -> Iterator[Stack]:
     """PostgreSQL and a Kafka broker for the whole session (see :data:`TEST_STACK`)."""
     if TEST_STACK == "external":
-        yield _external_stack()
+        external = _external_stack()
+        try:
+            yield external
+        finally:
+            asyncio.run(remove_created(external))  # what a test's own teardown left
     elif TEST_STACK == "containers":
         yield from _container_stack()
     elif TEST_STACK == "embedded":
@@ -83,6 +151,7 @@ def _external_stack() -> Stack:
         os.environ["DATABASE_URL"],
         os.environ["KAFKA_BOOTSTRAP_SERVERS"],
         Path(tempfile.mkdtemp(prefix="referrals-test-")),
+        outlives_tests=True,
     )
 
 
@@ -94,7 +163,7 @@ def _container_stack() -> Iterator[Stack]:
         from testcontainers.core.container import DockerContainer
         from testcontainers.core.waiting_utils import wait_for_logs
     except ImportError:
-        pytest.exit("TEST_STACK=containers needs the `containers` extra (testcontainers)", 2)
+        pytest.exit("TEST_STACK=containers needs testcontainers (in the dev lock: make install)", 2)
     try:
         docker.from_env().ping()
     except Exception as exc:
@@ -149,25 +218,23 @@ def _slug(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture
 async def database_url(stack: Stack, request: pytest.FixtureRequest) -> AsyncIterator[str]:
-    """A fresh, migrated database for this test."""
-    name = _slug(request)
-    admin = await asyncpg.connect(stack.server_uri)
-    await admin.execute(f'drop database if exists "{name}" with (force)')
-    await admin.close()
-    url = await devstack.create_database(stack.server_uri, name)
+    """A fresh, migrated database for this test. Its name is the test's and a random part,
+    so that a database of someone else's (another run on a shared server) is never dropped."""
+    name = f"{_slug(request)}_{os.urandom(3).hex()}"
+    url = await create_database(stack, name)
     yield url
+    await remove_created(stack, databases={name})
 
 
 @pytest.fixture
-async def topics(stack: Stack, request: pytest.FixtureRequest) -> Topics:
+async def topics(stack: Stack, request: pytest.FixtureRequest) -> AsyncIterator[Topics]:
     """Topic names private to this test, created with 4 partitions."""
     prefix = _slug(request) + "-" + os.urandom(3).hex()
     names = Topics()
-    private = Topics(
-        **{field: f"{prefix}.{getattr(names, field)}" for field in Topics.model_fields}
-    )
-    await devstack.create_topics(stack.bootstrap, private.all, partitions=4)
-    return private
+    private = Topics(**{f: f"{prefix}.{getattr(names, f)}" for f in Topics.model_fields})
+    await create_topics(stack, private.all, partitions=4)
+    yield private
+    await remove_created(stack, topics=set(private.all))
 
 
 @pytest.fixture
@@ -200,8 +267,8 @@ def settings_env(settings: Settings) -> dict[str, str]:
         "PAYOUT_SETTLE_DAYS": str(settings.payout_settle_days),
         "REFERRALS_ENV_FILE": "/nonexistent",
     }
-    for field in Topics.model_fields:
-        env[f"TOPIC_{field.upper()}"] = getattr(settings.topics, field)
+    for name in Topics.model_fields:
+        env[f"TOPIC_{name.upper()}"] = getattr(settings.topics, name)
     return env
 
 

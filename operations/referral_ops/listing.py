@@ -16,7 +16,7 @@ from referral_ops.support import (
 )
 from referral_program import calendar, codes
 from referral_program.table import REWARD_CENTS, Outcome, Status, best_family
-from referral_runtime.settings import Settings
+from referral_runtime.settings import DatabaseSettings
 
 
 @dataclass(frozen=True)
@@ -117,7 +117,7 @@ order by r.attributed_at, r.referee_account_id
 async def referrals_page(
     conn: asyncpg.Connection | asyncpg.pool.PoolConnectionProxy,
     account_id: str,
-    settings: Settings,
+    settings: DatabaseSettings,
     now: datetime,
 ) -> ReferralsPage:
     """The referrals of ``account_id`` as of ``now``; :class:`UnknownAccount` if never seen."""

@@ -53,7 +53,7 @@ from referral_program.attribution import (
 from referral_program.compared_facts import COMPARED_COLUMNS
 from referral_runtime.db import Conn
 from referral_runtime.outbox import OutboxMessage
-from referral_runtime.settings import Settings
+from referral_runtime.settings import DatabaseSettings
 
 EVENT_NAMESPACE = uuid.UUID("a7d3c1e2-4b5f-4e8a-9d0c-1f2e3d4c5b6a")
 
@@ -164,7 +164,7 @@ class Outbound:
     consumer_group: str
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> Outbound:
+    def from_settings(cls, settings: DatabaseSettings) -> Outbound:
         topics = settings.topics
         return cls(
             code_assigned=topics.code_assigned,

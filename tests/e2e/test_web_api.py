@@ -16,14 +16,13 @@ import pytest
 import schemathesis
 from schemathesis.config import SchemathesisConfig
 
-from referral_devtools import devstack
 from referral_devtools import synthetic as bill
 from referral_ops import code_changes, listing
 from referral_program import codes
 from referral_runtime.referral_state import Outbound
 from referral_runtime.settings import Settings
 from referral_web import openapi
-from tests.conftest import Stack
+from tests.conftest import Stack, create_database
 from tests.e2e.test_support_ops import T0, active_code, feed
 from tests.e2e.web import API_TOKEN, Web, serving
 
@@ -205,7 +204,7 @@ EXAMPLE_CODE = "K3F79QXM"
 @pytest.fixture(scope="module")
 async def api_database(stack: Stack) -> AsyncIterator[str]:
     """A database of its own for the whole property test, with the document's examples."""
-    url = await devstack.create_database(stack.server_uri, f"schemathesis{secrets.token_hex(4)}")
+    url = await create_database(stack, f"schemathesis{secrets.token_hex(4)}")
     conn = await asyncpg.connect(url)
     try:
         await conn.execute("insert into accounts (account_id) values ($1)", EXAMPLE_ACCOUNT)

@@ -26,6 +26,7 @@ from aiokafka.errors import KafkaError
 from payout_scheduler.app import create_app
 from payout_scheduler.metrics import SchedulerMetrics
 from payout_scheduler.service import SchedulerService, tick
+from referral_runtime.build_info import add_version_argument
 from referral_runtime.db import TRANSIENT_DB_ERRORS
 from referral_runtime.logs import configure_logging
 from referral_runtime.settings import Settings, load_settings
@@ -49,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
         "Without a command: run the decision loop, the outbox relay and the subscriber that "
         "applies finance's payout.paid / payout.failed until SIGTERM.",
     )
+    add_version_argument(parser)
     sub = parser.add_subparsers(dest="command")
     tick = sub.add_parser("tick", help="one decision pass as of a date, publish what is due, exit")
     tick.add_argument(

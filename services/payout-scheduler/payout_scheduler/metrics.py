@@ -7,6 +7,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from referral_events import PAYOUT_STATUS_EVENT_TYPES, DeadLetterReason
 from referral_program.payouts import Outcome
 from referral_program.table import PayoutStatus
+from referral_runtime.build_info import register_build_info
 from referral_runtime.outbox import OutboxMetrics
 from referral_runtime.process_metrics import register_process_metrics
 
@@ -18,6 +19,7 @@ class SchedulerMetrics:
         self.registry = registry or CollectorRegistry()
         registry = self.registry
         register_process_metrics(registry)
+        register_build_info(registry)
         self.decisions = Counter(
             "referrals_scheduler_decisions",
             "Payout decisions recorded, by outcome (due/forfeited/ineligible) and reason",

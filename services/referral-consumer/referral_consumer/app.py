@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator
 from functools import partial
 from typing import Any
@@ -21,6 +22,7 @@ from faststream.asgi import AsgiFastStream, AsgiResponse, get
 from faststream.kafka import KafkaBroker, KafkaMessage
 from prometheus_client import CollectorRegistry, make_asgi_app
 
+from referral_consumer import progress
 from referral_consumer.metrics import ConsumerMetrics
 from referral_consumer.parser import BatchParser
 from referral_consumer.pipeline import BatchPipeline
@@ -41,7 +43,8 @@ _MAX_BACKOFF_SECONDS = 30.0
 
 
 class _Rebalances(ConsumerRebalanceListener):  # type: ignore[misc]
-    """Finishes the batch in flight before partitions move; keeps lag gauges to owned ones."""
+    """Finishes the batch in flight before partitions move; keeps the per-partition gauges
+    to the partitions this member owns, and starts their stall clocks on assignment."""
 
     def __init__(self, service: ConsumerService) -> None:
         self._service = service
@@ -53,12 +56,11 @@ class _Rebalances(ConsumerRebalanceListener):  # type: ignore[misc]
             await self._service.pipeline.drain()
             self._service.pipeline.resume()
         self._metrics.rebalances.inc()
-        for tp in revoked:
-            with contextlib.suppress(KeyError):
-                self._metrics.lag.remove(tp.topic, str(tp.partition))
+        progress.forget(revoked, self._service.progress, self._metrics)
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
         self._metrics.assigned_partitions.set(len(assigned))
+        self._service.progress.assign(assigned, time.monotonic())
         log.info(
             "partitions_assigned", partitions=sorted(f"{t.topic}:{t.partition}" for t in assigned)
         )
@@ -80,6 +82,10 @@ class ConsumerService:
         self._producer: AIOKafkaProducer | None = None
         self._start_task: asyncio.Task[None] | None = None
         self._probe_task: asyncio.Task[None] | None = None
+        self._progress_task: asyncio.Task[None] | None = None
+        self._progress_due = asyncio.Event()
+        #: The stall clock of every owned partition (referrals_consumer_partition_stalled_seconds).
+        self.progress = progress.PartitionProgress()
         self._broker_started = False
         self.subscribed = False
         #: Set once the subscriber runs (tests and the harness wait for it).
@@ -96,7 +102,7 @@ class ConsumerService:
             security=settings.faststream_security(),
         )
         topics = settings.topics
-        self.broker.subscriber(
+        self.subscriber = self.broker.subscriber(
             *topics.billing.keys(),
             batch=True,
             max_records=settings.consumer_max_batch,
@@ -116,7 +122,8 @@ class ConsumerService:
             parser=tolerant_batch_parser,
             decoder=skip_decoding,
             title="on_billing_events",
-        )(self.on_billing_events)
+        )
+        self.subscriber(self.on_billing_events)
 
     async def on_billing_events(self, msg: KafkaMessage) -> None:
         """Hand the batch to the pipeline: it commits offsets after the effects are durable."""
@@ -159,7 +166,13 @@ class ConsumerService:
             max_message_bytes=s.max_message_bytes,
             program_currency=s.program_currency,
         )
-        self.pipeline = BatchPipeline(parser, self.writer, self.metrics, overlap=s.consumer_overlap)
+        self.pipeline = BatchPipeline(
+            parser,
+            self.writer,
+            self.metrics,
+            overlap=s.consumer_overlap,
+            on_commit=self._progress_due.set,
+        )
         producer = await retry_until_stopped(
             "broker_connect", partial(start_producer, s), self.stopping, _backoff()
         )
@@ -175,10 +188,34 @@ class ConsumerService:
         ):
             return
         self.subscribed = True
+        self._progress_task = asyncio.create_task(
+            self._watch_partitions(), name="partition-progress"
+        )
         await self.probe.check()
         self._set_ready()
         self.started.set()
         log.info("consumer_started", topics=list(s.topics.billing))
+
+    async def _watch_partitions(self) -> None:
+        """Refresh the per-partition lag and stall gauges after every commit and on a timer,
+        whether batches arrive or not: a partition that stops being applied must show it,
+        not go quiet."""
+        while not self.stopping.is_set():
+            self._progress_due.clear()
+            consumer, pipeline = self.subscriber.consumer, self.pipeline
+            if consumer is not None and pipeline is not None:
+                try:
+                    await progress.refresh(
+                        consumer,
+                        self.progress,
+                        pipeline.unapplied_from(),
+                        self.metrics,
+                        time.monotonic,
+                    )
+                except Exception as exc:  # never let a gauge take the consumer down
+                    log.warning("partition_progress_failed", error=type(exc).__name__)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._progress_due.wait(), progress.REFRESH_SECONDS)
 
     async def _start_broker(self) -> bool:
         """FastStream's broker and subscriber; a failed start is undone before the retry."""
@@ -194,7 +231,7 @@ class ConsumerService:
     async def stop(self) -> None:
         """SIGTERM: finish the batch in hand (its commit included), then release everything."""
         await self.begin_shutdown()
-        for task in (self._start_task, self._probe_task):
+        for task in (self._start_task, self._probe_task, self._progress_task):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -277,6 +314,18 @@ class ConsumerAsgi(AsgiFastStream):
             yield
         finally:
             await self.service.stop()
+
+    async def not_found(self, scope: Any, receive: Any, send: Any) -> None:
+        """A plain 404 for a path nothing serves. FastStream's own answers "Application
+        doesn't support regular HTTP protocol", which sends whoever probes the wrong path
+        looking for a protocol problem."""
+        if scope["type"] != "http":
+            await super().not_found(scope, receive, send)
+            return
+        response = AsgiResponse(
+            b"not found", status_code=404, headers={"content-type": "text/plain; charset=utf-8"}
+        )
+        await response(scope, receive, send)
 
 
 def create_app(settings: Settings | None = None) -> AsgiFastStream:

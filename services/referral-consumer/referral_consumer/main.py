@@ -6,6 +6,7 @@ import argparse
 import gc
 from collections.abc import Sequence
 
+from referral_runtime.build_info import add_version_argument
 from referral_runtime.logs import configure_logging
 from referral_runtime.serve import serve
 from referral_runtime.settings import load_settings
@@ -30,7 +31,7 @@ def young_generation_size(max_batch: int) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    return argparse.ArgumentParser(
+    parser = argparse.ArgumentParser(
         prog="referral-consumer",
         description="Consume the billing topics into PostgreSQL until SIGTERM (the batch in "
         "hand is finished and committed first); serves /healthz, /readyz and /metrics on "
@@ -38,6 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
         "DATABASE_URL, CONSUMER_GROUP, LOG_LEVEL, LOG_FORMAT, ... (see the README). Starts and "
         "stays up while the database or the broker is unreachable, reporting not ready.",
     )
+    add_version_argument(parser)
+    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> None:

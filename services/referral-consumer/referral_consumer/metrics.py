@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from referral_runtime.build_info import register_build_info
 from referral_runtime.outbox import OutboxMetrics
 from referral_runtime.process_metrics import register_process_metrics
 
@@ -12,6 +13,7 @@ class ConsumerMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
         register_process_metrics(registry)
+        register_build_info(registry)
         self.events = Counter(
             "referrals_consumer_events",
             "Consumed messages by outcome: applied + duplicate + dead_lettered = consumed",
@@ -96,7 +98,16 @@ class ConsumerMetrics:
         )
         self.lag = Gauge(
             "referrals_consumer_lag",
-            "Highwater minus position, per assigned partition",
+            "Messages not yet applied, per assigned partition: the high watermark minus the "
+            "offset up to which the partition is applied (refreshed after every commit and every second)",
+            ["topic", "partition"],
+            registry=registry,
+        )
+        self.partition_stalled = Gauge(
+            "referrals_consumer_partition_stalled_seconds",
+            "Seconds this partition has had unapplied messages while its applied (committed) "
+            "offset did not move; 0 while nothing waits, counted from this member's assignment "
+            "at most (refreshed after every commit and every second)",
             ["topic", "partition"],
             registry=registry,
         )

@@ -15,12 +15,12 @@ The invariants:
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import structlog
+from aiokafka import TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaError
 
 from referral_consumer.ingest import Record
@@ -47,6 +47,12 @@ class Writer(Protocol):
     async def apply(self, batch: ParsedBatch) -> object: ...
 
 
+def _committed(task: asyncio.Task[None]) -> bool:
+    """The batch's task ended well: written and its offsets committed (with overlap, nobody
+    awaits it until the next batch arrives, which may be long on an idle topic)."""
+    return task.done() and not task.cancelled() and task.exception() is None
+
+
 @dataclass
 class _InFlight:
     task: asyncio.Task[None]
@@ -58,28 +64,51 @@ class BatchPipeline:
     """Runs each batch's transaction and offset commit, overlapping with the next fetch."""
 
     def __init__(
-        self, parser: Parser, writer: Writer, metrics: ConsumerMetrics, *, overlap: bool = True
+        self,
+        parser: Parser,
+        writer: Writer,
+        metrics: ConsumerMetrics,
+        *,
+        overlap: bool = True,
+        on_commit: Callable[[], None] | None = None,
     ) -> None:
         self._parser = parser
+        #: Called after each batch's offsets are committed (the lag gauges refresh then).
+        self._on_commit = on_commit
         self._writer = writer
         self._metrics = metrics
         self._overlap = overlap
         self._inflight: _InFlight | None = None
+        #: The batch handed over and not yet in flight (validated while the previous is written).
+        self._waiting: Sequence[Record] = ()
         self._draining = False
 
     async def submit(self, records: Sequence[Record], consumer: Any) -> None:
         """Hand over a fetched batch. Returns once it is in flight (or done, when draining)."""
-        # Interleaved: the batch in flight, if any, keeps its transaction moving meanwhile.
-        batch = await self._parser.parse_interleaved(records)
-        if not await self.settle():
-            # The previous batch failed and its partitions were rewound; this batch
-            # comes after it, so it is fetched again too.
-            self._rewind(consumer, records)
-            return
-        task = asyncio.create_task(self._write_and_commit(batch, consumer))
-        self._inflight = _InFlight(task, records, consumer)
+        self._waiting = records
+        try:
+            # Interleaved: the batch in flight, if any, keeps its transaction moving meanwhile.
+            batch = await self._parser.parse_interleaved(records)
+            if not await self.settle():
+                # The previous batch failed and its partitions were rewound; this batch
+                # comes after it, so it is fetched again too.
+                self._rewind(consumer, records)
+                return
+            task = asyncio.create_task(self._write_and_commit(batch, consumer))
+            self._inflight = _InFlight(task, records, consumer)
+        finally:
+            self._waiting = ()
         if self._draining or not self._overlap:
             await self.settle()
+
+    def unapplied_from(self) -> dict[TopicPartition, int]:
+        """The first offset of each partition in a batch handed over and not yet committed:
+        everything before it is applied (what :mod:`referral_consumer.progress` reads)."""
+        inflight = self._inflight
+        records = list(self._waiting)
+        if inflight is not None and not _committed(inflight.task):
+            records += inflight.records
+        return first_offsets(records)
 
     async def settle(self) -> bool:
         """Wait for the batch in flight; False if it failed (its partitions are rewound)."""
@@ -119,19 +148,11 @@ class BatchPipeline:
             log.warning(
                 "offset_commit_failed", error=type(exc).__name__, **batch_fields(batch.records)
             )
-        await self._update_lag(consumer)
+        if self._on_commit is not None:
+            self._on_commit()
 
     def _rewind(self, consumer: Any, records: Sequence[Record]) -> None:
         assigned = consumer.assignment()
         for tp, offset in first_offsets(records).items():
             if tp in assigned:
                 consumer.seek(tp, offset)
-
-    async def _update_lag(self, consumer: Any) -> None:
-        for tp in consumer.assignment():
-            high = consumer.highwater(tp)
-            if high is None:
-                continue
-            with contextlib.suppress(Exception):
-                position = await consumer.position(tp)
-                self._metrics.lag.labels(tp.topic, str(tp.partition)).set(max(0, high - position))

@@ -22,21 +22,23 @@ import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 import asyncpg
 import structlog
 from fastapi import FastAPI, Request
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from referral_runtime.db import TRANSIENT_DB_ERRORS, WEB_ROLE, create_pool
 from referral_runtime.health import DependencyProbe
 from referral_runtime.page_links import PageLinks
 from referral_runtime.retry import Backoff, retry_until_stopped, sleep_unless_stopped
-from referral_runtime.settings import Settings
+from referral_runtime.settings import DatabaseSettings
 from referral_web import api, pages
 from referral_web.metrics import WebMetrics
 from referral_web.openapi import without_unused_validation_errors
@@ -67,7 +69,7 @@ class WebService:
 
     def __init__(
         self,
-        settings: Settings,
+        settings: DatabaseSettings,
         registry: CollectorRegistry | None = None,
         *,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
@@ -196,12 +198,14 @@ class RequestMetrics:
             self.metrics.request_duration.labels(template).observe(time.perf_counter() - started)
 
 
-def create_app(settings: Settings | None = None, *, service: WebService | None = None) -> FastAPI:
+def create_app(
+    settings: DatabaseSettings | None = None, *, service: WebService | None = None
+) -> FastAPI:
     """The ASGI app of referral-web; ``service`` defaults to one built from ``settings``."""
     from referral_runtime.settings import load_settings
 
     if service is None:
-        service = WebService(settings or load_settings())
+        service = WebService(settings or load_settings(DatabaseSettings))
     web = service
 
     @contextlib.asynccontextmanager
@@ -261,4 +265,13 @@ def create_app(settings: Settings | None = None, *, service: WebService | None =
         if issubclass(error, Exception):
             app.add_exception_handler(error, database_unavailable)
     app.add_exception_handler(api.ApiProblem, api.problem_response)
+
+    async def not_found(request: Request, exc: Exception) -> Response:
+        # The API answers in JSON; any other path nothing serves gets a plain 404, as the
+        # other services answer.
+        if request.url.path.startswith(api.PREFIX + "/"):
+            return await http_exception_handler(request, cast(StarletteHTTPException, exc))
+        return PlainTextResponse("not found", status_code=404)
+
+    app.add_exception_handler(404, not_found)
     return app

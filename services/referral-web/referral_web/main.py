@@ -6,13 +6,14 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from referral_runtime.build_info import add_version_argument
 from referral_runtime.logs import configure_logging
 from referral_runtime.serve import serve
-from referral_runtime.settings import load_settings
+from referral_runtime.settings import DatabaseSettings, load_settings
 
 
 def build_parser() -> argparse.ArgumentParser:
-    return argparse.ArgumentParser(
+    parser = argparse.ArgumentParser(
         prog="referral-web",
         description="Serve, on HTTP_PORT, the friend's landing page (<REFERRAL_LINK_BASE>/<CODE>), "
         "the referrer's page (<PAGE_LINK_BASE>/<signed token>, made by `referrals page-link`), "
@@ -22,11 +23,14 @@ def build_parser() -> argparse.ArgumentParser:
         "README for the other settings. Starts and stays up while the database is "
         "unreachable, reporting not ready.",
     )
+    add_version_argument(parser)
+    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     build_parser().parse_args(argv)
-    settings = load_settings()
+    # The pages and the API read the database only: no broker setting is needed.
+    settings = load_settings(DatabaseSettings)
     configure_logging(settings.log_level, settings.log_format)
     from referral_web.app import ConfigurationError, create_app
 

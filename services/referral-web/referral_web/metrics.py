@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from referral_runtime.build_info import register_build_info
 from referral_runtime.process_metrics import register_process_metrics
 
 
@@ -14,6 +15,7 @@ class WebMetrics:
         self.registry = registry or CollectorRegistry()
         registry = self.registry
         register_process_metrics(registry)
+        register_build_info(registry)
         self.requests = Counter(
             "referrals_web_requests",
             "HTTP requests answered, by route template (never the raw path), method and status",
