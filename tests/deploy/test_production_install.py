@@ -147,7 +147,9 @@ async def test_referrals_migrate_runs_against_a_database(
         await conn.close()
 
 
-@pytest.mark.parametrize("script", ["referrals", "referral-consumer", "payout-scheduler"])
+@pytest.mark.parametrize(
+    "script", ["referrals", "referral-consumer", "payout-scheduler", "referral-web"]
+)
 def test_every_console_script_prints_the_project_version(
     production_venv: Path, script: str
 ) -> None:

@@ -17,7 +17,10 @@ from tests.conftest import wait_for
 from tests.e2e.harness import spawn, terminate
 
 ROOT = Path(__file__).resolve().parents[2]
-SERVICES = ["referral-consumer", "payout-scheduler"]
+SERVICES = ["referral-consumer", "payout-scheduler", "referral-web"]
+#: What a service needs beyond the shared settings to start (referral-web reads the
+#: database only: no broker address at all).
+EXTRA_ENV = {"referral-web": {"PAGE_SIGNING_KEY": "k" * 32, "KAFKA_BOOTSTRAP_SERVERS": ""}}
 UNSERVED = ["/", "/nope", "/metrics/extra", "/healthz/", "/readyz/x", "/v2/codes/ABCD-EFGH"]
 
 
@@ -38,7 +41,14 @@ async def test_metrics_name_the_build_and_unknown_paths_are_a_plain_404(
     version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
     port = free_port()
     log = tmp_path / f"{service}.log"
-    proc = spawn([service], settings, log, HTTP_PORT=str(port), REFERRALS_REVISION="0123abc")
+    proc = spawn(
+        [service],
+        settings,
+        log,
+        HTTP_PORT=str(port),
+        REFERRALS_REVISION="0123abc",
+        **EXTRA_ENV.get(service, {}),
+    )
     try:
 
         async def serving() -> bool:

@@ -223,6 +223,8 @@ def create_app(
         lifespan=lifespan,
         docs_url=None,
         redoc_url=None,
+        # A path is served as written or not at all (no redirect to a near one).
+        redirect_slashes=False,
     )
     app.state.service = web
     generated = app.openapi
