@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import asyncpg
 
-from referral_ops.support import CodeBackfillError, audit, checked_actor
+from referral_ops.support import CodeBackfillError, audit, checked_actor, csv_text
 from referral_program import codes
 from referral_runtime.outbox import enqueue
 from referral_runtime.referral_state import Outbound, code_assigned_message
@@ -40,17 +40,8 @@ class BackfillRow:
 
 
 def decode_csv(data: bytes) -> str:
-    """The file's text; a UTF-8 byte-order mark is allowed, anything not UTF-8 is refused."""
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = data[: exc.start].count(b"\n") + 1
-        raise CodeBackfillError(
-            [
-                f"line {line}: not UTF-8 text (byte 0x{data[exc.start]:02X}); "
-                "export the file as CSV UTF-8 and run it again"
-            ]
-        ) from None
+    """The file's text (UTF-8, a byte-order mark allowed), or :class:`CodeBackfillError`."""
+    return csv_text(data, CodeBackfillError, advice="export the file as CSV UTF-8 and run it again")
 
 
 def _account_problem(value: str) -> str | None:

@@ -123,6 +123,16 @@ def _run(
     return 0
 
 
+def _read_file(path: Path) -> bytes:
+    """A file a person named, or :class:`support.InvalidInput` saying why it can't be read."""
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise support.InvalidInput(f"{path}: no such file") from None
+    except OSError as exc:
+        raise support.InvalidInput(f"{path}: can't read it ({exc.strerror})") from None
+
+
 def _actor(args: argparse.Namespace) -> str:
     return support.checked_actor(args.actor)
 
@@ -391,12 +401,7 @@ def cmd_legacy_import(args: argparse.Namespace) -> int:
     actor = _actor(args)
     settings = load_settings(DatabaseSettings)
     path = Path(args.file)
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise support.InvalidInput(f"{path}: no such file") from None
-    except OSError as exc:
-        raise support.InvalidInput(f"{path}: can't read it ({exc.strerror})") from None
+    data = _read_file(path)
     try:
         rows = legacy.parse_legacy_csv(legacy.decode_legacy_csv(data), settings.program_currency)
     except support.LegacyImportError as exc:
@@ -537,12 +542,7 @@ def cmd_page_link(args: argparse.Namespace) -> int:
 def cmd_codes_backfill(args: argparse.Namespace) -> int:
     actor = _actor(args)
     path = Path(args.file)
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise support.InvalidInput(f"{path}: no such file") from None
-    except OSError as exc:
-        raise support.InvalidInput(f"{path}: can't read it ({exc.strerror})") from None
+    data = _read_file(path)
     try:
         rows = backfill.parse_backfill_csv(backfill.decode_csv(data))
     except support.CodeBackfillError as exc:

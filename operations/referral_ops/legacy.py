@@ -17,6 +17,7 @@ from referral_ops.support import (
     LegacyImportError,
     audit,
     checked_actor,
+    csv_text,
 )
 from referral_runtime.outbox import enqueue
 from referral_runtime.referral_state import (
@@ -46,17 +47,10 @@ class LegacyRow:
 
 
 def decode_legacy_csv(data: bytes) -> str:
-    """The file's text; a UTF-8 byte-order mark is allowed, anything not UTF-8 is refused."""
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = data[: exc.start].count(b"\n") + 1
-        raise LegacyImportError(
-            [
-                f"line {line}: not UTF-8 text (byte 0x{data[exc.start]:02X}); "
-                "save the file as CSV UTF-8 and import it again"
-            ]
-        ) from None
+    """The file's text (UTF-8, a byte-order mark allowed), or :class:`LegacyImportError`."""
+    return csv_text(
+        data, LegacyImportError, advice="save the file as CSV UTF-8 and import it again"
+    )
 
 
 def _header(names: list[str]) -> tuple[dict[str, int] | None, str | None]:

@@ -13,7 +13,7 @@ environment themselves: ``now``, ``randbits`` and the actor are passed in.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import asyncpg
@@ -75,6 +75,18 @@ class CodeBackfillError(SupportError):
         super().__init__(
             f"{len(self.errors)} {noun}, no code was assigned:\n  " + "\n  ".join(self.errors)
         )
+
+
+def csv_text(data: bytes, error: Callable[[list[str]], SupportError], *, advice: str) -> str:
+    """A CSV file's text: a UTF-8 byte-order mark is allowed, anything not UTF-8 is refused
+    with ``error([...])`` naming the line and the byte, then ``advice`` (how to fix it)."""
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise error(
+            [f"line {line}: not UTF-8 text (byte 0x{data[exc.start]:02X}); {advice}"]
+        ) from None
 
 
 def checked_actor(actor: str | None) -> str:
