@@ -70,7 +70,9 @@ def batch(*coords: tuple[int, int]) -> tuple[Rec, ...]:
     return tuple(Rec("t", None, partition=p, offset=o) for p, o in coords)
 
 
-def pipeline(processor: FakeProcessor, *, in_flight: int = 2, overlap: bool = True) -> BatchPipeline:
+def pipeline(
+    processor: FakeProcessor, *, in_flight: int = 2, overlap: bool = True
+) -> BatchPipeline:
     return BatchPipeline(
         processor,
         processor,
@@ -169,7 +171,10 @@ class LogConsumer:
         records = []
         for tp, end in self.lengths.items():
             upto = min(end, self.position[tp] + per_partition)
-            records += [Rec("t", None, partition=tp.partition, offset=o) for o in range(self.position[tp], upto)]
+            records += [
+                Rec("t", None, partition=tp.partition, offset=o)
+                for o in range(self.position[tp], upto)
+            ]
             self.position[tp] = upto
         return tuple(records)
 
