@@ -192,7 +192,10 @@ class LogConsumer:
 
 
 class FlakyWriter:
-    """Applies a batch atomically after a drawn delay, or fails it (nothing applied)."""
+    """Applies a batch atomically after a drawn delay, or fails it (nothing applied).
+
+    The delay is a number of turns of the event loop, not time: the interleaving then depends
+    on the draws alone, as Hypothesis needs to replay and shrink an example."""
 
     def __init__(self, consumer: LogConsumer, draws: st.DataObject, depth: int) -> None:
         self.consumer, self.draws, self.depth = consumer, draws, depth
@@ -203,12 +206,13 @@ class FlakyWriter:
         return ParsedBatch(records, 0.0)
 
     async def apply(self, batch: ParsedBatch) -> None:
-        delay = self.draws.draw(st.sampled_from([0, 0, 0.001, 0.003]), label="delay")
+        turns = self.draws.draw(st.sampled_from([0, 0, 1, 3]), label="delay")
         fails = self.failures < 6 and self.draws.draw(st.integers(0, 4), label="fail") == 0
         self.running += 1
         self.most_at_once = max(self.most_at_once, self.running)
         try:
-            await asyncio.sleep(delay)
+            for _ in range(turns):
+                await asyncio.sleep(0)
         finally:
             self.running -= 1
         if fails:
