@@ -122,6 +122,9 @@ class DatabaseSettings(BaseSettings):
     #: How often referral-web adds the landing visits it counted to code_visits.
     visit_flush_seconds: float = Field(default=10.0, gt=0, le=300)
 
+    # Consumer: batch transactions in flight at once (offsets still committed in batch order).
+    consumer_transactions_in_flight: int = Field(default=2, ge=1, le=4)
+
     @field_validator("program_timezone")
     @classmethod
     def _known_zone(cls, value: str) -> str:

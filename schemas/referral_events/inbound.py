@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, Field, StringConstraints, model_validator
 
+from referral_events.compiled import CompiledModel, compile_model, struct_model_validator
 from referral_events.envelope import BusinessTime, Data, Envelope, storable_identifier
 
 #: An id the rules read: a bad one (blank, too long, a NUL Postgres cannot store) makes
@@ -129,8 +130,20 @@ class SubscriptionCancelled(Envelope):
         return self
 
 
+@struct_model_validator("_default_effective_at")
+def _default_effective_at_of_struct(event: Any) -> None:
+    """``SubscriptionCancelled._default_effective_at`` on the compiled struct."""
+    if event.data.effective_at is None:
+        event.data.effective_at = event.occurred_at
+
+
 InboundEvent = SubscriptionCreated | InvoicePaid | SubscriptionCancelled
 
 INBOUND_EVENT_TYPES: dict[str, type[SubscriptionCreated | InvoicePaid | SubscriptionCancelled]] = {
     model.EVENT_TYPE: model for model in (SubscriptionCreated, InvoicePaid, SubscriptionCancelled)
+}
+
+#: The same models compiled to msgspec decoders (``compiled``), by event type.
+INBOUND_DECODERS: dict[str, CompiledModel] = {
+    event_type: compile_model(model) for event_type, model in INBOUND_EVENT_TYPES.items()
 }

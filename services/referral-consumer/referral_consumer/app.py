@@ -171,6 +171,7 @@ class ConsumerService:
             self.writer,
             self.metrics,
             overlap=s.consumer_overlap,
+            in_flight=s.consumer_transactions_in_flight,
             on_commit=self._progress_due.set,
         )
         producer = await retry_until_stopped(

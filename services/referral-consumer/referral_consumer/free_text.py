@@ -9,7 +9,7 @@ field and action only, so that it can be counted and logged without the text.
 
 from __future__ import annotations
 
-from typing import NamedTuple, TypeAlias
+from typing import Any, NamedTuple, TypeAlias
 
 from referral_events import InvoicePaid, SubscriptionCancelled, SubscriptionCreated
 from referral_events.inbound import (
@@ -19,6 +19,8 @@ from referral_events.inbound import (
     PLAN_ID_MAX_CHARS,
 )
 
+#: A billing event as the consumer holds it: the struct its model compiles to
+#: (``referral_events.compiled``), with the model's fields; typed as the model it reads like.
 BillingEvent: TypeAlias = SubscriptionCreated | InvoicePaid | SubscriptionCancelled
 
 #: Actions: NUL characters removed; text over its limit cut to it (an address over the
@@ -33,10 +35,15 @@ class Amendment(NamedTuple):
     action: str  # NUL_REMOVED or CUT
 
 
-def amend(event: BillingEvent) -> tuple[BillingEvent, tuple[Amendment, ...]]:
-    """``event`` with its free text storable, and what was changed (empty: nothing)."""
-    if isinstance(event, SubscriptionCreated):
-        data = event.data
+def amend(event: BillingEvent) -> tuple[Amendment, ...]:
+    """Make ``event``'s free text storable, in place; returns what was changed (empty: nothing).
+
+    ``event`` is a freshly decoded struct (``referral_events.compiled``) that nothing else
+    holds yet.
+    """
+    event_type = event.event_type
+    if event_type == SubscriptionCreated.EVENT_TYPE:
+        data: Any = event.data
         plan_id, changed = _clean("data.plan_id", data.plan_id, PLAN_ID_MAX_CHARS)
         email = data.customer.email
         if email is not None:
@@ -46,15 +53,15 @@ def amend(event: BillingEvent) -> tuple[BillingEvent, tuple[Amendment, ...]]:
             if len(email) > EMAIL_MAX_CHARS:
                 changed += (Amendment("data.customer.email", CUT),)
         if plan_id is not data.plan_id:
-            event = event.model_copy(update={"data": data.model_copy(update={"plan_id": plan_id})})
-        return event, changed
-    if isinstance(event, SubscriptionCancelled) and event.data.reason is not None:
+            data.plan_id = plan_id
+        return changed
+    if event_type == SubscriptionCancelled.EVENT_TYPE and event.data.reason is not None:
         data = event.data
         reason, changed = _clean("data.reason", data.reason, CANCELLATION_REASON_MAX_CHARS)
         if reason is not data.reason:
-            event = event.model_copy(update={"data": data.model_copy(update={"reason": reason})})
-        return event, changed
-    return event, ()
+            data.reason = reason
+        return changed
+    return ()
 
 
 def _clean(field: str, text: str, limit: int) -> tuple[str, tuple[Amendment, ...]]:

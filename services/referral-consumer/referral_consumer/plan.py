@@ -275,9 +275,10 @@ class BatchPlan:
             self._seen.add(event.event_id)
             self.events.append(p)
             self.accounts.add(event.data.account_id)
-            if isinstance(event, InvoicePaid):
+            event_type = event.event_type
+            if event_type == InvoicePaid.EVENT_TYPE:
                 self.paid.append(event)
-            elif isinstance(event, SubscriptionCreated):
+            elif event_type == SubscriptionCreated.EVENT_TYPE:
                 if event.data.subscription_id in self._subscriptions:
                     self.recreated.add(event)
                 else:
