@@ -104,12 +104,19 @@ class ComparedFacts:
 # time or earlier stays: a subscription that brings no value earlier than the account
 # already had it changes nothing its referees are compared with (whatever their cut-off).
 # One clause per compared fact, from the program's table (its column names are ours, not input).
-_NEW_COMPARED_FACTS = """
-select distinct n.account_id
-from unnest($1::text[], $2::timestamptz[], {arrays}) as n(account_id, created_at, {columns})
-where {clauses}
+# The accounts it finds are handed to lock_accounts_for_writing (migration 0014), which
+# takes the locks in the order and modes of this module's docstring: the probe and every
+# lock in one round trip.
+_LOCK_FOR_WRITING = """
+with changed as (
+    select coalesce(array_agg(distinct n.account_id), '{{}}') as accounts
+    from unnest($4::text[], $5::timestamptz[], {arrays}) as n(account_id, created_at, {columns})
+    where {clauses}
+)
+select c.accounts, lock_accounts_for_writing($1, $2::text[], c.accounts, $3::text[])
+from changed c
 """.format(
-    arrays=", ".join(f"${i}::text[]" for i in range(3, 3 + len(COMPARED_COLUMNS))),
+    arrays=", ".join(f"${i}::text[]" for i in range(6, 6 + len(COMPARED_COLUMNS))),
     columns=", ".join(COMPARED_COLUMNS),
     clauses="\n   or ".join(
         f"(n.{c} is not null and not exists (select 1 from subscriptions s"
@@ -132,25 +139,20 @@ async def lock_for_writing(
     recomputed). ``codes_used``: codes (normal form) the new subscriptions carry,
     whose owners become referrers. The accounts rows must exist. Referrers are
     read after the written accounts are locked, so no other transaction can
-    change who they are meanwhile.
+    change who they are meanwhile. One statement, one round trip.
     """
-    await conn.execute("select pg_advisory_xact_lock_shared($1)", LEGACY_IMPORT_LOCK)
-    changed: set[str] = set()
-    if compared:
-        rows = await conn.fetch(
-            _NEW_COMPARED_FACTS,
-            [c.account_id for c in compared],
-            [c.created_at for c in compared],
-            *([c.values[i] for c in compared] for i in range(len(COMPARED_COLUMNS))),
-        )
-        changed = {r["account_id"] for r in rows}
-    await lock_accounts(conn, changed, "update")
-    await lock_accounts(conn, set(written) - changed, "no key update")
-    referrers = {
-        r["account_id"] for r in await conn.fetch(_REFERRERS, list(written), list(codes_used))
-    }
-    await lock_accounts(conn, referrers - set(written), "key share")
-    return changed
+    row = await conn.fetchrow(
+        _LOCK_FOR_WRITING,
+        LEGACY_IMPORT_LOCK,
+        list(written),
+        list(codes_used),
+        [c.account_id for c in compared],
+        [c.created_at for c in compared],
+        *([c.values[i] for c in compared] for i in range(len(COMPARED_COLUMNS))),
+    )
+    if row is None:  # an aggregate without ``group by`` always returns one row
+        raise RuntimeError("lock_accounts_for_writing returned no row")
+    return set(row["accounts"])
 
 
 @dataclass(frozen=True)
