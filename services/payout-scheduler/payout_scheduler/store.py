@@ -17,7 +17,7 @@ from zoneinfo import ZoneInfo
 
 import asyncpg
 
-from referral_events import payout_due_json
+from referral_events import PayoutDueEncoder
 from referral_program import calendar, codes
 from referral_program.decisions import (
     Cancellation,
@@ -251,8 +251,28 @@ async def record_decisions(
         )
         for d in decisions
     ]
-    due = [(f, d) for f, d in decided if d.outcome == Outcome.DUE]
     kind_columns = list(zip(*kinds, strict=True))
+    encoders: dict[int, PayoutDueEncoder] = {}
+    due_ids: list[UUID] = []
+    messages: list[bytes] = []
+    for (f, d), kind in zip(decided, kind_of, strict=True):
+        if d.outcome != Outcome.DUE:
+            continue
+        encoder = encoders.get(kind)
+        if encoder is None:
+            encoder = encoders[kind] = payout_due_encoder(d, tz)
+        due_ids.append(d.referral_id)
+        messages.append(
+            encoder.encode(
+                payout_id=d.payout_id,
+                referral_id=d.referral_id,
+                referrer_account_id=f.referrer_account_id,
+                payee=d.payee,
+                referee_account_id=f.referee_account_id,
+                referral_code=codes.display(f.referral_code),
+                first_payment_at=d.first_payment_at,
+            )
+        )
     not_recorded = await conn.fetch(
         _RECORD_DECISIONS,
         [d.referral_id for d in decisions],
@@ -262,40 +282,33 @@ async def record_decisions(
         kind_of,
         as_of,
         topic,
-        [d.referral_id for _, d in due],
-        [payout_due_payload(d, f, tz) for f, d in due],
+        due_ids,
+        messages,
     )
     recorded = {d.referral_id for d in decisions}
     recorded.difference_update(r[0] for r in not_recorded)
     return recorded
 
 
-def payout_due_payload(decision: Decision, facts: ReferralFacts, tz: ZoneInfo) -> bytes:
-    """The ``payout.due`` event of a due decision (keyed by the referrer account when enqueued).
+def payout_due_encoder(decision: Decision, tz: ZoneInfo) -> PayoutDueEncoder:
+    """The ``payout.due`` events of every due decision that shares ``decision``'s ruling.
 
-    Attempt 1, so ``event_id`` is the ``payout_id``; ``occurred_at`` is the business time the
-    cash became due (the start of ``eligible_on`` in the program time zone), so
-    the event is the same whichever replica, day or run produced it.
+    Attempt 1, so each ``event_id`` is its ``payout_id``; ``occurred_at`` is the business
+    time the cash became due (the start of ``eligible_on`` in the program time zone), so
+    an event is the same whichever replica, day or run produced it. The events are keyed
+    by the referrer account when enqueued.
     """
     if decision.outcome != Outcome.DUE or decision.plan_family is None:
         raise ValueError(f"referral {decision.referral_id} is {decision.outcome}, not due")
-    payload: bytes = payout_due_json(
-        payout_id=decision.payout_id,
-        referral_id=decision.referral_id,
+    return PayoutDueEncoder(
         occurred_at=calendar.eligibility_instant(decision.eligible_on, tz),
-        referrer_account_id=facts.referrer_account_id,
-        payee=decision.payee,
-        referee_account_id=facts.referee_account_id,
-        referral_code=codes.display(facts.referral_code),
         plan_family=decision.plan_family,
         amount_cents=decision.amount_cents,
         currency=decision.currency,
-        first_payment_at=decision.first_payment_at,
         eligible_on=decision.eligible_on,
         pay_by=decision.pay_by,
         attempt=1,
     )
-    return payload
 
 
 async def record_pass(conn: Conn, as_of: date, decided: int) -> None:
