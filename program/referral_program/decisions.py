@@ -124,7 +124,8 @@ class ChunkDecisions(NamedTuple):
     """The decisions of a chunk of :class:`FactRows`, as columns.
 
     Decision ``k`` is of the referral whose rows start at ``row[k]``, says
-    ``rulings[ruling[k]]`` and pays ``payee[k]`` under ``payout_id[k]``;
+    ``rulings[ruling[k]]`` and pays ``payee[k]`` under the payout id whose text is
+    ``payout_id[k]``;
     referrals that are not decidable yet have none. :meth:`decision` is the
     same decision as :func:`decide` returns it.
     """
@@ -132,7 +133,7 @@ class ChunkDecisions(NamedTuple):
     rulings: list[Ruling]
     row: list[int]
     ruling: list[int]
-    payout_id: list[UUID]
+    payout_id: list[str]  # as payout_id_text writes it
     payee: list[str]
 
     def decision(self, k: int, facts: FactRows) -> Decision:
@@ -142,7 +143,7 @@ class ChunkDecisions(NamedTuple):
         assert first_payment_at is not None  # only referrals with a first payment are decided
         return Decision(
             facts.referral_id[self.row[k]],
-            self.payout_id[k],
+            UUID(self.payout_id[k]),
             r.outcome,
             r.reason,
             r.plan_family,
@@ -159,18 +160,23 @@ class ChunkDecisions(NamedTuple):
 # several per referral, and a named tuple is the cheaper immutable record.
 
 _PAYOUT_NAME_PREFIX = PAYOUT_NAMESPACE.bytes + b"payout:"
-_UUID5_CLEAR = ~((0xF000 << 64) | (0xC000 << 48))
-_UUID5_SET = (5 << 76) | (0x8000 << 48)
+_VARIANT_DIGITS = "89ab"  # RFC 4122 variant: the top two bits of the 17th hex digit are 10
 
 
 def payout_id_for(referral_id: UUID) -> UUID:
     """The payout id of a referral: the same on every run, replica and redelivery.
 
-    ``uuid5(PAYOUT_NAMESPACE, f"payout:{referral_id}")``, computed without the
-    stdlib's per-call overhead (a pass derives 10^5 of them).
+    ``uuid5(PAYOUT_NAMESPACE, f"payout:{referral_id}")``; :func:`payout_id_text` is its text.
     """
-    digest = hashlib.sha1(_PAYOUT_NAME_PREFIX + str(referral_id).encode()).digest()
-    return UUID(int=(int.from_bytes(digest[:16], "big") & _UUID5_CLEAR) | _UUID5_SET)
+    return UUID(payout_id_text(referral_id))
+
+
+def payout_id_text(referral_id: UUID) -> str:
+    """The text of :func:`payout_id_for`, derived straight from the SHA-1 digest: a pass
+    derives 10^5 of them, and writes them as text (to the database and into messages)."""
+    h = hashlib.sha1(_PAYOUT_NAME_PREFIX + str(referral_id).encode()).hexdigest()
+    variant = _VARIANT_DIGITS[int(h[16], 16) & 3]
+    return f"{h[:8]}-{h[8:12]}-5{h[13:16]}-{variant}{h[17:20]}-{h[20:32]}"
 
 
 def decidable_before(as_of: date, tz: ZoneInfo, settle_days: int = 1) -> datetime:
@@ -413,7 +419,7 @@ def decide_rows(
         payee = payees[start]
         decided.row.append(start)
         decided.ruling.append(ruling)
-        decided.payout_id.append(payout_id_for(referral_id))
+        decided.payout_id.append(payout_id_text(referral_id))
         decided.payee.append(payee if payee is not None else referrers[start])
         start = end
     return decided

@@ -161,7 +161,7 @@ class PayoutDueEncoder:
     def encode(
         self,
         *,
-        payout_id: UUID,
+        payout_id: UUID | str,
         referral_id: UUID,
         referrer_account_id: str,
         payee: str,
@@ -170,7 +170,10 @@ class PayoutDueEncoder:
         first_payment_at: dt.datetime,
         event_id: UUID | None = None,
     ) -> bytes:
-        """One event of this ruling (``event_id`` defaults to the ``payout_id``)."""
+        """One event of this ruling (``event_id`` defaults to the ``payout_id``).
+
+        ``payout_id`` may be given as its canonical text (lower case, with dashes).
+        """
         payout = str(payout_id)  # a UUID's text never needs escaping
         return "".join(
             (

@@ -29,6 +29,7 @@ from referral_program.decisions import (
     decide,
     decide_rows,
     payout_id_for,
+    payout_id_text,
 )
 
 LA = ZoneInfo("America/Los_Angeles")
@@ -599,7 +600,9 @@ def test_cancellations_combine_with_the_single_cancellation_fields() -> None:
 
 @given(referral_id=st.uuids())
 def test_payout_id_is_the_uuid5_of_any_referral(referral_id: uuid.UUID) -> None:
-    assert payout_id_for(referral_id) == uuid.uuid5(PAYOUT_NAMESPACE, f"payout:{referral_id}")
+    expected = uuid.uuid5(PAYOUT_NAMESPACE, f"payout:{referral_id}")
+    assert payout_id_for(referral_id) == expected
+    assert payout_id_text(referral_id) == str(expected)
 
 
 # --- a chunk decided on columns ---------------------------------------------------------------

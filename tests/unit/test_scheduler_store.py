@@ -306,7 +306,7 @@ async def test_a_recorded_decision_is_never_replaced_nor_announced_twice(
     for row in messages:
         event = PayoutDue.model_validate_json(row["payload"])
         d = by_id[event.event_id]
-        assert row["key"] == referrer[d.payout_id].encode()
+        assert row["key"] == referrer[str(d.payout_id)].encode()
         assert (event.data.amount_cents, event.data.payee) == (d.amount_cents, d.payee)
 
 

@@ -839,6 +839,8 @@ def test_one_encoder_writes_every_event_of_its_ruling_as_the_model_does(
             event_id=payout_id, occurred_at=occurred_at, data=PayoutDueData(**own, **ruling)
         )
         assert encoder.encode(**own) == model.model_dump_json().encode()
+        # The scheduler passes the payout id as its text.
+        assert encoder.encode(**(own | {"payout_id": str(payout_id)})) == encoder.encode(**own)
 
 
 def test_payout_due_json_writes_an_offset_with_seconds_as_the_model_does() -> None:
