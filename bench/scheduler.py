@@ -39,6 +39,7 @@ async def measure(cfg: dict[str, Any]) -> dict[str, Any]:
     from payout_scheduler.metrics import SchedulerMetrics
     from payout_scheduler.passes import run_pass
     from referral_devtools.seed import seed
+    from referral_program import business_days
     from referral_program.table import Outcome
     from referral_runtime.db import connect, create_pool
     from referral_runtime.outbox import OutboxRelay, make_producer
@@ -62,6 +63,7 @@ async def measure(cfg: dict[str, Any]) -> dict[str, Any]:
     finally:
         await conn.close()
 
+    business_days.load_holidays(as_of.year)  # as the scheduler does when it starts
     pool = await create_pool(settings.database_url, size=settings.db_pool_size)
     metrics = SchedulerMetrics()
     try:

@@ -18,6 +18,16 @@ def _federal_holidays(year: int) -> frozenset[date]:
     return frozenset(observed.keys())
 
 
+def load_holidays(year: int) -> None:
+    """Load the US federal holidays of ``year`` now rather than on first use.
+
+    The holidays package imports its calendars lazily (a fraction of a second, once
+    per process); a scheduler calls this as it starts, so that its first decision
+    pass does not wait for it halfway through a chunk.
+    """
+    _federal_holidays(year)
+
+
 def is_business_day(day: date) -> bool:
     """True when ``day`` is a weekday and not a US federal holiday or its observed date.
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import uuid
-from datetime import date, datetime, timedelta
+from collections.abc import Sequence
+from datetime import UTC, date, datetime, timedelta
 from typing import NamedTuple
 from uuid import UUID
 from zoneinfo import ZoneInfo
@@ -78,22 +79,104 @@ class Decision(NamedTuple):
     pay_by: date
 
 
+class FactRows(NamedTuple):
+    """The facts of a chunk of referrals as columns, one row per fact of a subscription.
+
+    Each referral has one row per (qualifying subscription of its referee,
+    cancellation of that subscription): the referral's own columns repeat on
+    each, a subscription without a cancellation has one row whose cancellation
+    columns are None, and a referee without a qualifying subscription one row
+    whose subscription columns are None. A referral's rows are adjacent. The
+    same facts as a sequence of :class:`ReferralFacts`, in the shape a store
+    reads them in one query: :func:`decide_rows` decides them without a record
+    per referral.
+    """
+
+    referral_id: Sequence[UUID]
+    referrer_account_id: Sequence[str]
+    referee_account_id: Sequence[str]
+    referral_code: Sequence[str]
+    status: Sequence[str]
+    reason: Sequence[str | None]
+    first_payment_at: Sequence[datetime | None]
+    referrer_partner_periods: Sequence[tuple[PartnerPeriod, ...]]
+    payee: Sequence[str | None]
+    subscription_id: Sequence[str | None]
+    plan_family: Sequence[str | None]
+    created_at: Sequence[datetime | None]
+    cancelled_at: Sequence[datetime | None]
+    effective_at: Sequence[datetime | None]
+
+
+class Ruling(NamedTuple):
+    """What a decision says apart from whose it is: many referrals of a chunk share one."""
+
+    outcome: Outcome
+    reason: str | None
+    plan_family: str | None
+    amount_cents: int
+    currency: str
+    eligible_on: date
+    pay_by: date
+
+
+class ChunkDecisions(NamedTuple):
+    """The decisions of a chunk of :class:`FactRows`, as columns.
+
+    Decision ``k`` is of the referral whose rows start at ``row[k]``, says
+    ``rulings[ruling[k]]`` and pays ``payee[k]`` under the payout id whose text is
+    ``payout_id[k]``;
+    referrals that are not decidable yet have none. :meth:`decision` is the
+    same decision as :func:`decide` returns it.
+    """
+
+    rulings: list[Ruling]
+    row: list[int]
+    ruling: list[int]
+    payout_id: list[str]  # as payout_id_text writes it
+    payee: list[str]
+
+    def decision(self, k: int, facts: FactRows) -> Decision:
+        """Decision ``k`` as a :class:`Decision`."""
+        r = self.rulings[self.ruling[k]]
+        first_payment_at = facts.first_payment_at[self.row[k]]
+        assert first_payment_at is not None  # only referrals with a first payment are decided
+        return Decision(
+            facts.referral_id[self.row[k]],
+            UUID(self.payout_id[k]),
+            r.outcome,
+            r.reason,
+            r.plan_family,
+            r.amount_cents,
+            r.currency,
+            self.payee[k],
+            first_payment_at,
+            r.eligible_on,
+            r.pay_by,
+        )
+
+
 # The records above are named tuples rather than frozen dataclasses: a pass builds
 # several per referral, and a named tuple is the cheaper immutable record.
 
 _PAYOUT_NAME_PREFIX = PAYOUT_NAMESPACE.bytes + b"payout:"
-_UUID5_CLEAR = ~((0xF000 << 64) | (0xC000 << 48))
-_UUID5_SET = (5 << 76) | (0x8000 << 48)
+_VARIANT_DIGITS = "89ab"  # RFC 4122 variant: the top two bits of the 17th hex digit are 10
 
 
 def payout_id_for(referral_id: UUID) -> UUID:
     """The payout id of a referral: the same on every run, replica and redelivery.
 
-    ``uuid5(PAYOUT_NAMESPACE, f"payout:{referral_id}")``, computed without the
-    stdlib's per-call overhead (a pass derives 10^5 of them).
+    ``uuid5(PAYOUT_NAMESPACE, f"payout:{referral_id}")``; :func:`payout_id_text` is its text.
     """
-    digest = hashlib.sha1(_PAYOUT_NAME_PREFIX + str(referral_id).encode()).digest()
-    return UUID(int=(int.from_bytes(digest[:16], "big") & _UUID5_CLEAR) | _UUID5_SET)
+    return UUID(payout_id_text(referral_id))
+
+
+def payout_id_text(referral_id: UUID) -> str:
+    """The text of :func:`payout_id_for`, derived straight from the SHA-1 digest: a pass
+    derives 10^5 of them, and writes them as text (to the database and into messages)."""
+    h = hashlib.sha1(_PAYOUT_NAME_PREFIX + str(referral_id).encode()).hexdigest()
+    variant = _VARIANT_DIGITS[int(h[16], 16) & 3]
+    return f"{h[:8]}-{h[8:12]}-5{h[13:16]}-{variant}{h[17:20]}-{h[20:32]}"
 
 
 def decidable_before(as_of: date, tz: ZoneInfo, settle_days: int = 1) -> datetime:
@@ -197,3 +280,154 @@ def _ended_by(
         # Cancelled on or after the eligibility instant: a later fact, ignored (docs/rules.md).
         return False
     return effective_at <= instant
+
+
+def decide_rows(
+    facts: FactRows, as_of: date, tz: ZoneInfo, settle_days: int = 1, *, currency: str
+) -> ChunkDecisions:
+    """:func:`decide` for every referral of ``facts``, without a record per referral.
+
+    The same rules, applied to columns: each referral is decided exactly as
+    :func:`decide` decides its :class:`ReferralFacts` (a property test holds the
+    two to it). What a referral's first-payment month implies (``eligible_on``,
+    its first instant, ``pay_by``, decidable or not) is worked out once per month
+    of the chunk, and the local month of a first payment is found by comparing
+    it with the first instants of its UTC month and the next.
+    """
+    if settle_days < 0:
+        raise ValueError(f"settle_days must be >= 0, got {settle_days}")
+    ids = facts.referral_id
+    statuses, reasons, payments = facts.status, facts.reason, facts.first_payment_at
+    partner_periods, payees, referrers = (
+        facts.referrer_partner_periods,
+        facts.payee,
+        facts.referrer_account_id,
+    )
+    subscriptions, families, created = facts.subscription_id, facts.plan_family, facts.created_at
+    cancelled, effective = facts.cancelled_at, facts.effective_at
+    month_starts: dict[int, datetime] = {}  # month number -> its first instant in tz, in UTC
+    months: dict[int, _Month | None] = {}  # month of a first payment -> None if not decidable
+    rulings: dict[tuple[int, Outcome, str | None, str | None], int] = {}
+    decided = ChunkDecisions([], [], [], [], [])
+
+    def month_start(number: int) -> datetime:
+        start = month_starts.get(number)
+        if start is None:
+            start = calendar.eligibility_instant_utc(date(number // 12, number % 12 + 1, 1), tz)
+            month_starts[number] = start
+        return start
+
+    def month_of(number: int) -> _Month | None:
+        eligible = calendar.eligible_on(month_start(number), tz)
+        if (as_of - eligible).days < settle_days:
+            return None
+        return _Month(
+            eligible, calendar.eligibility_instant_utc(eligible, tz), calendar.pay_by(eligible)
+        )
+
+    n = len(ids)
+    start = 0
+    while start < n:
+        referral_id = ids[start]
+        end = start + 1
+        while end < n and ids[end] == referral_id:
+            end += 1
+        paid = payments[start]
+        if paid is None:
+            start = end
+            continue
+        if paid.tzinfo is not UTC:
+            if paid.utcoffset() is None:
+                raise ValueError(f"first_payment_at must be tz-aware, got {paid!r}")
+            paid = paid.astimezone(UTC)
+        number = paid.year * 12 + paid.month - 1  # its UTC month; in tz, this one or a neighbour
+        if paid < month_start(number):
+            number -= 1
+        elif paid >= month_start(number + 1):
+            number += 1
+        if number in months:
+            month = months[number]
+        else:
+            month = months[number] = month_of(number)
+        if month is None:
+            start = end
+            continue
+        eligible_at = month.eligible_at
+
+        family: str | None = None
+        if statuses[start] == Status.INELIGIBLE:
+            outcome, reason = Outcome.INELIGIBLE, reasons[start]
+        elif partner_periods[start] and partner_at(partner_periods[start], eligible_at):
+            outcome, reason = Outcome.INELIGIBLE, Ineligible.PARTNER
+        elif end - start == 1:  # the usual: one subscription, at most one cancellation
+            family = families[start]
+            created_at = created[start]
+            if (
+                family is None
+                or REWARD_CENTS.get(family, 0) <= 0
+                or created_at is None
+                or not created_at < eligible_at
+            ):
+                outcome, reason, family = Outcome.FORFEITED, Forfeit.NO_QUALIFYING_PLAN, None
+            elif _ended_by(cancelled[start], effective[start], eligible_at):
+                outcome, reason, family = (
+                    Outcome.FORFEITED,
+                    Forfeit.CANCELLED_BEFORE_ELIGIBILITY,
+                    None,
+                )
+            else:
+                outcome, reason = Outcome.DUE, None
+        else:
+            held: dict[str, str] = {}  # subscription held before eligible_at -> its family
+            ended: set[str] = set()
+            for i in range(start, end):
+                subscription, held_family, created_at = subscriptions[i], families[i], created[i]
+                if (
+                    subscription is None
+                    or held_family is None
+                    or REWARD_CENTS.get(held_family, 0) <= 0
+                    or created_at is None
+                    or not created_at < eligible_at
+                ):
+                    continue
+                held[subscription] = held_family
+                if _ended_by(cancelled[i], effective[i], eligible_at):
+                    ended.add(subscription)
+            active = {f for s, f in held.items() if s not in ended}
+            if not held:
+                outcome, reason = Outcome.FORFEITED, Forfeit.NO_QUALIFYING_PLAN
+            elif not active:
+                outcome, reason = Outcome.FORFEITED, Forfeit.CANCELLED_BEFORE_ELIGIBILITY
+            else:
+                outcome, reason, family = Outcome.DUE, None, best_family(active)
+
+        key = (number, outcome, reason, family)
+        ruling = rulings.get(key)
+        if ruling is None:
+            ruling = rulings[key] = len(decided.rulings)
+            decided.rulings.append(
+                Ruling(
+                    outcome,
+                    reason,
+                    family,
+                    REWARD_CENTS[family] if family is not None else 0,
+                    currency,
+                    month.eligible_on,
+                    month.pay_by,
+                )
+            )
+        payee = payees[start]
+        decided.row.append(start)
+        decided.ruling.append(ruling)
+        decided.payout_id.append(payout_id_text(referral_id))
+        decided.payee.append(payee if payee is not None else referrers[start])
+        start = end
+    return decided
+
+
+class _Month(NamedTuple):
+    """What a first payment in one month implies, once it is decidable."""
+
+    eligible_on: date
+    eligible_at: datetime  # the first instant of eligible_on, in UTC
+    pay_by: date

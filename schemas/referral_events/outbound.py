@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 from enum import StrEnum
 from typing import Literal
 from uuid import UUID
@@ -85,43 +86,141 @@ def payout_due_json(
     deduplicates on ``event_id`` still sees each attempt once.
 
     Byte for byte what ``PayoutDue(...).model_dump_json()`` writes for the same
-    values (same serializer, same field order), without the model's cost: a
-    scheduler pass writes 10^5 of these. Nothing is validated here, so the
-    caller must pass what :class:`PayoutDue` would accept (aware datetimes,
-    ``amount_cents`` > 0); the scheduler's decision core guarantees it, and
-    ``tests/unit/test_schemas.py`` pins the equality with the model.
+    values (see :class:`PayoutDueEncoder`).
     """
-    payout_id_json, referral_id_json = _uuid_json(payout_id), _uuid_json(referral_id)
-    return pydantic_core.to_json(
-        {
-            "event_id": payout_id_json if event_id is None else _uuid_json(event_id),
-            "event_type": PayoutDue.EVENT_TYPE,
-            "schema_version": 1,
-            "occurred_at": occurred_at,
-            "data": {
-                "payout_id": payout_id_json,
-                "referral_id": referral_id_json,
-                "program": "cash",
-                "referrer_account_id": referrer_account_id,
-                "payee": payee,
-                "referee_account_id": referee_account_id,
-                "referral_code": referral_code,
-                "plan_family": plan_family,
-                "amount_cents": amount_cents,
-                "currency": currency,
-                "first_payment_at": first_payment_at,
-                "eligible_on": eligible_on,
-                "pay_by": pay_by,
-                "attempt": attempt,
-            },
-        }
+    encoder = PayoutDueEncoder(
+        occurred_at=occurred_at,
+        plan_family=plan_family,
+        amount_cents=amount_cents,
+        currency=currency,
+        eligible_on=eligible_on,
+        pay_by=pay_by,
+        attempt=attempt,
+    )
+    return encoder.encode(
+        payout_id=payout_id,
+        referral_id=referral_id,
+        referrer_account_id=referrer_account_id,
+        payee=payee,
+        referee_account_id=referee_account_id,
+        referral_code=referral_code,
+        first_payment_at=first_payment_at,
+        event_id=event_id,
     )
 
 
-def _uuid_json(value: UUID) -> UUID | str:
-    # pydantic-core writes an exact UUID natively but a subclass (asyncpg returns its
-    # own) through a slower fallback; both write the str() text.
-    return value if type(value) is UUID else str(value)
+class PayoutDueEncoder:
+    """``payout.due`` events that share their ruling, written without the model.
+
+    The fields every event of one ruling shares (``occurred_at``, family, amount,
+    currency, ``eligible_on``, ``pay_by``, ``attempt``) are serialised once, by
+    pydantic-core; :meth:`encode` fills in the rest between them. The bytes are
+    exactly what ``PayoutDue(...).model_dump_json()`` writes for the same values
+    (same field order, same text of each value; ``tests/unit/test_schemas.py`` pins
+    it), at a fraction of the cost: a scheduler pass writes 10^5 of them. Nothing
+    is validated, so the caller must pass what :class:`PayoutDue` would accept
+    (aware datetimes, ``amount_cents`` > 0); the scheduler's decision core
+    guarantees it.
+    """
+
+    def __init__(
+        self,
+        *,
+        occurred_at: dt.datetime,
+        plan_family: str,
+        amount_cents: int,
+        currency: str,
+        eligible_on: dt.date,
+        pay_by: dt.date,
+        attempt: int = 1,
+    ) -> None:
+        self._occurred_at = (
+            '","event_type":"payout.due","schema_version":1,"occurred_at":'
+            + _json(occurred_at)
+            + ',"data":{"payout_id":"'
+        )
+        self._ruling = (
+            ',"plan_family":'
+            + _json(plan_family)
+            + ',"amount_cents":'
+            + _json(amount_cents)
+            + ',"currency":'
+            + _json(currency)
+            + ',"first_payment_at":'
+        )
+        self._dates = (
+            ',"eligible_on":'
+            + _json(eligible_on)
+            + ',"pay_by":'
+            + _json(pay_by)
+            + ',"attempt":'
+            + _json(attempt)
+            + "}}"
+        )
+
+    def encode(
+        self,
+        *,
+        payout_id: UUID | str,
+        referral_id: UUID,
+        referrer_account_id: str,
+        payee: str,
+        referee_account_id: str,
+        referral_code: str,
+        first_payment_at: dt.datetime,
+        event_id: UUID | None = None,
+    ) -> bytes:
+        """One event of this ruling (``event_id`` defaults to the ``payout_id``).
+
+        ``payout_id`` may be given as its canonical text (lower case, with dashes).
+        """
+        payout = str(payout_id)  # a UUID's text never needs escaping
+        return "".join(
+            (
+                '{"event_id":"',
+                payout if event_id is None else str(event_id),
+                self._occurred_at,
+                payout,
+                '","referral_id":"',
+                str(referral_id),
+                '","program":"cash","referrer_account_id":',
+                _text_json(referrer_account_id),
+                ',"payee":',
+                _text_json(payee),
+                ',"referee_account_id":',
+                _text_json(referee_account_id),
+                ',"referral_code":',
+                _text_json(referral_code),
+                self._ruling,
+                _datetime_json(first_payment_at),
+                self._dates,
+            )
+        ).encode()
+
+
+def _json(value: object) -> str:
+    return pydantic_core.to_json(value).decode()
+
+
+# Characters JSON must escape; pydantic-core escapes exactly these in ASCII text.
+_ESCAPED = re.compile(r'[\x00-\x1f"\\]')
+
+
+def _text_json(value: str) -> str:
+    if value.isascii() and _ESCAPED.search(value) is None:
+        return f'"{value}"'
+    return _json(value)  # escapes, and non-ASCII text as pydantic-core writes it
+
+
+def _datetime_json(value: dt.datetime) -> str:
+    # pydantic-core writes isoformat()'s text, with a zero offset as Z; an offset of
+    # whole minutes is the usual case, anything else goes through pydantic-core.
+    text = value.isoformat()
+    if text.endswith("+00:00"):
+        return f'"{text[:-6]}Z"'
+    if text[-6] in "+-" and value.tzinfo is not None:
+        return f'"{text}"'
+    return _json(value)
 
 
 class ReferralCodeAssigned(Envelope):

@@ -145,3 +145,28 @@ def test_business_day_horizon_counts_n_business_days_after_today(today: date, n:
     between = [today + timedelta(days=i) for i in range(1, (horizon - today).days + 1)]
     assert sum(map(is_business_day, between)) == n
     assert n == 0 or is_business_day(horizon)
+
+
+def test_holidays_loaded_ahead_leave_nothing_to_import_on_first_use() -> None:
+    """A scheduler loads the year's calendar as it starts; its first pass then imports nothing.
+
+    In a fresh interpreter: this one has long imported every calendar.
+    """
+    import subprocess
+    import sys
+
+    check = (
+        "import sys\n"
+        "from datetime import date\n"
+        "from referral_program.business_days import is_business_day, load_holidays\n"
+        "{load}"
+        "before = set(sys.modules)\n"
+        "assert not is_business_day(date(2031, 7, 4))\n"
+        "print(len(set(sys.modules) - before))\n"
+    )
+    run = [sys.executable, "-c"]
+    ahead = subprocess.run([*run, check.format(load="load_holidays(2031)\n")], capture_output=True)
+    lazily = subprocess.run([*run, check.format(load="")], capture_output=True)
+    assert (ahead.returncode, lazily.returncode) == (0, 0), ahead.stderr + lazily.stderr
+    assert int(ahead.stdout) == 0
+    assert int(lazily.stdout) > 0  # what the first pass would otherwise have waited for

@@ -22,11 +22,14 @@ from referral_program.decisions import (
     REWARD_CENTS,
     Cancellation,
     Decision,
+    FactRows,
     ReferralFacts,
     SubscriptionSpan,
     decidable_before,
     decide,
+    decide_rows,
     payout_id_for,
+    payout_id_text,
 )
 
 LA = ZoneInfo("America/Los_Angeles")
@@ -35,6 +38,7 @@ FIRST_PAYMENT_AT = datetime(2027, 1, 17, 18, 0, tzinfo=UTC)
 E = datetime(2027, 4, 1, 7, 0, tzinfo=UTC)  # start of 2027-04-01 in Los Angeles
 DECIDABLE = date(2027, 4, 2)
 SECOND = timedelta(seconds=1)
+HOUR = timedelta(hours=1)
 DAY = timedelta(days=1)
 VR, VA, CHAT = "virtual_receptionist", "voice_assistant", "chat"
 
@@ -596,4 +600,144 @@ def test_cancellations_combine_with_the_single_cancellation_fields() -> None:
 
 @given(referral_id=st.uuids())
 def test_payout_id_is_the_uuid5_of_any_referral(referral_id: uuid.UUID) -> None:
-    assert payout_id_for(referral_id) == uuid.uuid5(PAYOUT_NAMESPACE, f"payout:{referral_id}")
+    expected = uuid.uuid5(PAYOUT_NAMESPACE, f"payout:{referral_id}")
+    assert payout_id_for(referral_id) == expected
+    assert payout_id_text(referral_id) == str(expected)
+
+
+# --- a chunk decided on columns ---------------------------------------------------------------
+
+
+def rows_of(referrals: list[ReferralFacts]) -> FactRows:
+    """The referrals as a store reads them: one row per (subscription, cancellation of it)."""
+    rows: list[tuple[object, ...]] = []
+    for f in referrals:
+        own = (
+            f.referral_id, f.referrer_account_id, f.referee_account_id, f.referral_code,
+            f.status, f.reason, f.first_payment_at, f.referrer_partner_periods, f.payee,
+        )  # fmt: skip
+        if not f.subscriptions:
+            rows.append((*own, None, None, None, None, None))
+        for s in f.subscriptions:
+            ends = [Cancellation(s.cancelled_at, s.effective_at)] if s.effective_at else []
+            ends += s.cancellations
+            for end in ends or [Cancellation(None, None)]:  # type: ignore[arg-type]
+                rows.append((*own, s.subscription_id, s.plan_family, s.created_at, *end))
+    if not rows:
+        return FactRows(*([] for _ in FactRows._fields))
+    return FactRows(*(list(column) for column in zip(*rows, strict=True)))
+
+
+# First payments anywhere, and on the first instants of local months (where a UTC month
+# and the zone's month part), in zones west and east of UTC and with midnight DST changes.
+CHUNK_ZONES = [LA, ZoneInfo("UTC"), ZoneInfo("Pacific/Apia"), ZoneInfo("America/Santiago"),
+               ZoneInfo("Asia/Kolkata")]  # fmt: skip
+NEAR = st.sampled_from([timedelta(0), -SECOND, SECOND, timedelta(microseconds=-1), 9 * HOUR])
+
+
+@st.composite
+def chunks(draw: st.DrawFn) -> tuple[ZoneInfo, date, int, list[ReferralFacts]]:
+    tz = draw(st.sampled_from(CHUNK_ZONES))
+    settle_days = draw(st.integers(min_value=0, max_value=5))
+    # Mostly late enough for every referral; sometimes a day that leaves some undecidable.
+    as_of = draw(
+        st.just(date(2030, 1, 1))
+        | st.dates(min_value=date(2026, 4, 1), max_value=date(2029, 12, 31))
+    )
+    referrals = []
+    for n in range(draw(st.integers(min_value=0, max_value=8))):
+        month = draw(st.dates(min_value=date(2026, 1, 1), max_value=date(2029, 9, 1)))
+        month_start = eligibility_instant(month.replace(day=1), tz)
+        first_payment_at = draw(
+            st.none()
+            | st.just(month_start).map(lambda start: (start + draw(NEAR)).astimezone(UTC))
+            | st.datetimes(
+                min_value=datetime(2026, 1, 1),
+                max_value=datetime(2029, 9, 1),
+                timezones=st.just(UTC),
+            )
+        )
+        eligible_at = (
+            eligibility_instant(eligible_on(first_payment_at, tz), tz)
+            if first_payment_at is not None
+            else month_start
+        )
+        spans = []
+        for index in range(draw(st.integers(min_value=0, max_value=3))):
+            created_at = eligible_at + draw(OFFSETS)
+            ends = [
+                Cancellation(at := eligible_at + draw(OFFSETS), at + draw(OFFSETS))
+                for _ in range(draw(st.integers(min_value=0, max_value=3)))
+            ]
+            first = ends.pop(0) if ends and draw(st.booleans()) else Cancellation(None, None)  # type: ignore[arg-type]
+            spans.append(
+                SubscriptionSpan(
+                    f"sub_{index}", draw(FAMILIES), created_at, *first, cancellations=tuple(ends)
+                )
+            )
+        ineligible_reason = draw(st.sampled_from([None, None, None, *CONSUMER_REASONS[:2]]))
+        bound = st.none() | OFFSETS.map(lambda offset, at=eligible_at: at + offset)
+        referrals.append(
+            facts(
+                *spans,
+                referral_id=UUID(int=n + 1),
+                referrer_account_id=draw(st.sampled_from(["acct_r1", "acct_r2"])),
+                first_payment_at=first_payment_at,
+                status="qualified" if ineligible_reason is None else "ineligible",
+                reason=ineligible_reason,
+                referrer_partner_periods=tuple(
+                    draw(st.just([]) | st.lists(st.tuples(bound, bound), max_size=2))
+                ),
+                payee=draw(st.one_of(st.none(), st.just("acct_payee"))),
+            )
+        )
+    return tz, as_of, settle_days, referrals
+
+
+@settings(deadline=None, max_examples=500)
+@given(chunk=chunks())
+def test_a_chunk_decided_on_columns_is_decided_as_decide_decides_each_referral(
+    chunk: tuple[ZoneInfo, date, int, list[ReferralFacts]],
+) -> None:
+    tz, as_of, settle_days, referrals = chunk
+    expected = [
+        d for f in referrals if (d := decide(f, as_of, tz, settle_days, currency="EUR")) is not None
+    ]
+    rows = rows_of(referrals)
+    decided = decide_rows(rows, as_of, tz, settle_days, currency="EUR")
+    assert [decided.decision(k, rows) for k in range(len(decided.row))] == expected
+    # One ruling per distinct outcome, reason, family and month: no ruling is repeated.
+    assert len(set(decided.rulings)) == len(decided.rulings)
+
+
+def test_a_chunk_decides_a_referral_of_several_subscriptions_on_all_its_rows() -> None:
+    ends_before = Cancellation(E - 30 * DAY, E - 10 * DAY)
+    referrals = [
+        facts(span(VR, subscription_id="a", cancellations=(ends_before,)), span(VA),
+              referral_id=UUID(int=1)),
+        facts(span(VR, subscription_id="b", cancellations=(Cancellation(E - DAY, E + DAY),
+              ends_before)), referral_id=UUID(int=2)),
+        facts(referral_id=UUID(int=3), first_payment_at=None),
+        facts(span(VR), span(VA), referral_id=UUID(int=4)),
+    ]  # fmt: skip
+    rows = rows_of(referrals)
+    chunk = decide_rows(rows, DECIDABLE, LA, currency="USD")
+    assert [chunk.decision(k, rows) for k in range(3)] == [
+        decided(referral) for referral in (referrals[0], referrals[1], referrals[3])
+    ]
+    assert [(r.outcome, r.reason, r.plan_family) for r in chunk.rulings] == [
+        ("due", None, VA),
+        ("forfeited", "cancelled_before_eligibility", None),
+        ("due", None, VR),
+    ]
+    assert chunk.row == [0, 2, 5]  # rows: 2 + 2 + 1 (no first payment: not decided) + 2
+
+
+def test_a_chunk_refuses_a_naive_first_payment_as_decide_does() -> None:
+    naive = facts(span(), first_payment_at=datetime(2027, 1, 17, 10))
+    with pytest.raises(ValueError, match="tz-aware"):
+        decide(naive, DECIDABLE, LA, currency="USD")
+    with pytest.raises(ValueError, match="tz-aware"):
+        decide_rows(rows_of([naive]), DECIDABLE, LA, currency="USD")
+    with pytest.raises(ValueError, match="settle_days"):
+        decide_rows(rows_of([]), DECIDABLE, LA, -1, currency="USD")

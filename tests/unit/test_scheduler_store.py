@@ -18,12 +18,11 @@ from payout_scheduler.passes import catch_up, refresh_due_soon, refresh_overdue,
 from referral_devtools.seed import seed
 from referral_events import PayoutDue
 from referral_program.decisions import (
-    Cancellation,
-    Decision,
-    ReferralFacts,
-    SubscriptionSpan,
+    ChunkDecisions,
+    FactRows,
+    Ruling,
     decidable_before,
-    decide,
+    decide_rows,
 )
 from referral_runtime.db import connect, create_pool
 from referral_runtime.outbox import OutboxMessage, enqueue
@@ -188,56 +187,137 @@ async def test_locked_referrals_are_left_to_the_transaction_that_holds_them(
         async with other.transaction():
             held = await store.lock_decidable(other, ids[:20], bound)
             free = await store.lock_decidable(db, ids, bound)
-        assert [f.referral_id for f in held] == ids[:20]
-        assert [f.referral_id for f in free] == ids[20:]
+        assert list(dict.fromkeys(held.referral_id)) == ids[:20]
+        assert list(dict.fromkeys(free.referral_id)) == ids[20:]
     finally:
         await other.close()
 
 
-async def _seed_and_decide(db: asyncpg.Connection, n: int) -> list[tuple[ReferralFacts, Decision]]:
+async def test_the_lock_query_reads_a_referral_as_one_row_per_subscription_and_cancellation(
+    settings: Settings, db: asyncpg.Connection
+) -> None:
+    """The rows decide_rows expects: a referral's rows adjacent, one per (qualifying
+    subscription, cancellation of it), its own columns on each, other families left out."""
+    await seed(db, 3, 3, AS_OF, tz=LA)
+    a0, a1 = "seed-a0", "seed-a1"
+    await db.execute(
+        """insert into subscriptions (subscription_id, account_id, event_id, created_at,
+               plan_family, plan_id, currency, first_time_client, code_outcome)
+           values ('extra-va', $1, gen_random_uuid(), $2, 'voice_assistant', 'va', 'USD', true,
+                   'none'),
+                  ('extra-chat', $1, gen_random_uuid(), $2, 'chat', 'chat', 'USD', true, 'none')""",
+        a0,
+        E - timedelta(days=40),
+    )
+    await db.execute(
+        """insert into cancellations (event_id, subscription_id, account_id, cancelled_at,
+               effective_at)
+           values (gen_random_uuid(), 'extra-va', $1, $2, $3),
+                  (gen_random_uuid(), 'extra-va', $1, $4, $5)""",
+        a0,
+        E - timedelta(days=9),
+        E - timedelta(days=1),
+        E - timedelta(days=8),
+        E + timedelta(days=1),
+    )
+    await db.execute("delete from subscriptions where account_id = $1", a1)
+    bound = decidable_before(AS_OF, LA, 1)
+    ids = await store.decidable_ids(db, bound, store.FIRST_KEY, 10)
+    rows = await store.lock_decidable(db, ids, bound)
+    by_referee: dict[str, list[tuple[object, ...]]] = {}
+    for i, referee in enumerate(rows.referee_account_id):
+        by_referee.setdefault(referee, []).append(
+            (
+                rows.subscription_id[i],
+                rows.plan_family[i],
+                rows.cancelled_at[i],
+                rows.effective_at[i],
+            )
+        )
+    seeded = "seed-s0"
+    assert sorted(by_referee[a0], key=str) == sorted(
+        [
+            (
+                seeded,
+                await db.fetchval(
+                    "select plan_family from subscriptions where subscription_id = $1", seeded
+                ),
+                None,
+                None,
+            ),
+            ("extra-va", "voice_assistant", E - timedelta(days=9), E - timedelta(days=1)),
+            ("extra-va", "voice_assistant", E - timedelta(days=8), E + timedelta(days=1)),
+        ],
+        key=str,
+    )
+    assert by_referee[a1] == [(None, None, None, None)]
+    assert len(by_referee["seed-a2"]) == 1
+    # Adjacent, in referral order, and the referral's own columns repeated on each row.
+    assert rows.referral_id == sorted(rows.referral_id)
+    first = rows.referee_account_id.index(a0)
+    assert set(rows.first_payment_at[first : first + 3]) == {rows.first_payment_at[first]}
+    decided = decide_rows(rows, AS_OF, LA, currency="USD")
+    assert len(decided.row) == 3
+
+
+async def _seed_and_decide(db: asyncpg.Connection, n: int) -> tuple[FactRows, ChunkDecisions]:
     """Seed ``n`` referrals due on ``AS_OF``; read their facts as a pass would and decide them."""
     await seed(db, n, n, AS_OF, tz=LA)
     bound = decidable_before(AS_OF, LA, 1)
     facts = await store.lock_decidable(
         db, await store.decidable_ids(db, bound, store.FIRST_KEY, n), bound
     )
-    return [(f, d) for f in facts if (d := decide(f, AS_OF, LA, currency="USD")) is not None]
+    return facts, decide_rows(facts, AS_OF, LA, currency="USD")
+
+
+def first(decided: ChunkDecisions, n: int) -> ChunkDecisions:
+    return ChunkDecisions(
+        decided.rulings,
+        decided.row[:n],
+        decided.ruling[:n],
+        decided.payout_id[:n],
+        decided.payee[:n],
+    )
 
 
 async def test_a_recorded_decision_is_never_replaced_nor_announced_twice(
     settings: Settings, db: asyncpg.Connection
 ) -> None:
-    decided = await _seed_and_decide(db, 10)
+    facts, decided = await _seed_and_decide(db, 10)
     topic = settings.topics.payout_due
-    assert await store.record_decisions(db, decided[:4], AS_OF, topic, LA) == {
-        d.referral_id for _, d in decided[:4]
-    }
-    assert await store.record_decisions(db, decided, AS_OF + timedelta(days=9), topic, LA) == {
-        d.referral_id for _, d in decided[4:]
-    }
+    ids = [facts.referral_id[row] for row in decided.row]
+    assert await store.record_decisions(db, facts, first(decided, 4), AS_OF, topic, LA) == set(
+        ids[:4]
+    )
+    later = AS_OF + timedelta(days=9)
+    assert await store.record_decisions(db, facts, decided, later, topic, LA) == set(ids[4:])
     as_of: dict[UUID, date] = {
         r["referral_id"]: r["as_of"]
         for r in await db.fetch("select referral_id, as_of from payouts")
     }
-    assert {as_of[d.referral_id] for _, d in decided[:4]} == {AS_OF}
+    assert {as_of[i] for i in ids[:4]} == {AS_OF}
     # One message per due decision, keyed by the referrer, carrying the decision.
     messages = await db.fetch("select key, payload from outbox where topic = $1", topic)
-    assert len(messages) == len(decided) == 10
-    by_id = {d.payout_id: (f, d) for f, d in decided}
+    assert len(messages) == len(ids) == 10
+    by_id = {d.payout_id: d for d in (decided.decision(k, facts) for k in range(10))}
+    referrer = {
+        decided.payout_id[k]: facts.referrer_account_id[row] for k, row in enumerate(decided.row)
+    }
     for row in messages:
         event = PayoutDue.model_validate_json(row["payload"])
-        f, d = by_id[event.event_id]
-        assert row["key"] == f.referrer_account_id.encode()
+        d = by_id[event.event_id]
+        assert row["key"] == referrer[str(d.payout_id)].encode()
         assert (event.data.amount_cents, event.data.payee) == (d.amount_cents, d.payee)
 
 
 async def test_every_decision_is_recorded_with_its_own_columns_whatever_the_mix(
     settings: Settings, db: asyncpg.Connection
 ) -> None:
-    """The statement sends each distinct (outcome, reason, family, amount, dates) once and a
-    payee only where it is not the referrer: each row must still get exactly its own."""
-    base = await _seed_and_decide(db, 12)
+    """The statement sends each distinct ruling once, a payee only where it is not the
+    referrer, and a message only for a due decision: each row must still get exactly its own."""
+    facts, base = await _seed_and_decide(db, 12)
     later = (date(2027, 5, 1), date(2027, 5, 21))
+    due = base.rulings[base.ruling[0]]
     variants = [
         {},
         {"plan_family": "voice_assistant", "amount_cents": 20_000},
@@ -250,42 +330,61 @@ async def test_every_decision_is_recorded_with_its_own_columns_whatever_the_mix(
          "amount_cents": 0, "payee": "acct-partner-payee"},
         {"eligible_on": later[0], "pay_by": later[1]},
     ]  # fmt: skip
-    # The seed's referrers name a payee; every other decision here pays the referrer itself.
-    decided = [
-        (f, d._replace(**({"payee": f.referrer_account_id} | variants[i % len(variants)])))
-        if i % 2
-        else (f, d._replace(**variants[i % len(variants)]))
-        for i, (f, d) in enumerate(base)
-    ]
-    assert len(decided) == 12
-    assert {d.payee == f.referrer_account_id for f, d in decided} == {True, False}
-    recorded = await store.record_decisions(db, decided, AS_OF, settings.topics.payout_due, LA)
-    assert recorded == {d.referral_id for _, d in decided}
+    rulings: list[Ruling] = []
+    decided = ChunkDecisions(rulings, list(base.row), [], list(base.payout_id), [])
+    for k, row in enumerate(base.row):
+        variant = dict(variants[k % len(variants)])
+        # The seed's referrers name a payee; every other decision here pays the referrer itself.
+        payee = variant.pop("payee", facts.referrer_account_id[row] if k % 2 else base.payee[k])
+        ruling = due._replace(**variant)
+        if ruling not in rulings:
+            rulings.append(ruling)
+        decided.ruling.append(rulings.index(ruling))
+        decided.payee.append(payee)
+    assert len(decided.row) == 12
+    assert {
+        p == facts.referrer_account_id[row]
+        for p, row in zip(decided.payee, decided.row, strict=True)
+    } == {
+        True,
+        False,
+    }
+    recorded = await store.record_decisions(
+        db, facts, decided, AS_OF, settings.topics.payout_due, LA
+    )
+    assert recorded == {facts.referral_id[row] for row in decided.row}
     rows = {
         r["referral_id"]: r
         for r in await db.fetch(
             "select referral_id, payout_id, outcome, reason, payee, plan_family, amount_cents,"
-            " currency, eligible_on, pay_by, referrer_account_id, referee_account_id from payouts"
+            " currency, eligible_on, pay_by, referrer_account_id, referee_account_id,"
+            " first_payment_at from payouts"
         )
     }
-    for f, d in decided:
-        row = rows[d.referral_id]
-        assert tuple(row)[1:10] == (
+    for k, row in enumerate(decided.row):
+        d = decided.decision(k, facts)
+        stored = rows[d.referral_id]
+        assert tuple(stored)[1:10] == (
             d.payout_id, d.outcome, d.reason, d.payee, d.plan_family, d.amount_cents,
             d.currency, d.eligible_on, d.pay_by,
         )  # fmt: skip
-        assert (row["referrer_account_id"], row["referee_account_id"]) == (
-            f.referrer_account_id,
-            f.referee_account_id,
+        assert tuple(stored)[10:] == (
+            facts.referrer_account_id[row],
+            facts.referee_account_id[row],
+            d.first_payment_at,
         )
-    due = {d.payout_id: d for _, d in decided if d.outcome == "due"}
+    due_decisions = {
+        d.payout_id: d
+        for d in (decided.decision(k, facts) for k in range(12))
+        if d.outcome == "due"
+    }
     messages = await db.fetch("select payload from outbox")
     assert sorted(PayoutDue.model_validate_json(m["payload"]).event_id for m in messages) == sorted(
-        due
+        due_decisions
     )
     for m in messages:
         event = PayoutDue.model_validate_json(m["payload"]).data
-        d = due[event.payout_id]
+        d = due_decisions[event.payout_id]
         assert (event.payee, event.plan_family, event.amount_cents, event.pay_by) == (
             d.payee,
             d.plan_family,
@@ -383,31 +482,3 @@ async def test_a_pass_stopped_between_chunks_is_not_recorded(
 
 def test_first_key_is_below_every_uuid() -> None:
     assert UUID(int=0) == store.FIRST_KEY
-
-
-# --- lock-query rows -> spans ----------------------------------------------------------------
-
-
-def test_spans_group_the_cancellations_of_each_subscription() -> None:
-    vr, e, day = "virtual_receptionist", datetime(2027, 4, 1, 7, tzinfo=UTC), timedelta(days=1)
-    created = datetime(2027, 1, 10, tzinfo=UTC)
-    spans = store._spans(
-        [
-            ("a", vr, created, e - 9 * day, e - day),
-            ("a", vr, created, e - 8 * day, e + day),
-            ("b", "voice_assistant", created, e - 7 * day, e + 2 * day),
-            ("c", vr, created, None, None),
-        ]
-    )
-    by_id = {s.subscription_id: s for s in spans}
-    assert sorted(by_id) == ["a", "b", "c"]
-    assert set(by_id["a"].cancellations) == {
-        Cancellation(e - 9 * day, e - day),
-        Cancellation(e - 8 * day, e + day),
-    }
-    assert by_id["b"].cancellations == (Cancellation(e - 7 * day, e + 2 * day),)
-    assert by_id["c"].cancellations == ()
-    assert store._spans([]) == ()
-    assert store._spans([("d", vr, created, None, None)]) == (
-        SubscriptionSpan("d", vr, created, None, None, ()),
-    )

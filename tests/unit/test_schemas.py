@@ -15,6 +15,7 @@ from datetime import UTC, date, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 from uuid import UUID
+from zoneinfo import ZoneInfo
 
 import pytest
 from hypothesis import given, settings
@@ -31,6 +32,7 @@ from referral_events import (
     InvoicePaid,
     PayoutDue,
     PayoutDueData,
+    PayoutDueEncoder,
     PayoutFailed,
     PayoutPaid,
     ReferralCodeAssigned,
@@ -723,7 +725,14 @@ def test_outbound_round_trip(event: Envelope) -> None:
 
 
 _ZONES = st.sampled_from(
-    [UTC, timezone(timedelta(hours=-7)), timezone(timedelta(hours=5, minutes=30))]
+    [
+        UTC,
+        timezone(timedelta(hours=-7)),
+        timezone(timedelta(hours=5, minutes=30)),
+        timezone(timedelta(hours=-3, minutes=-30)),
+        ZoneInfo("America/Los_Angeles"),
+        ZoneInfo("UTC"),
+    ]
 )
 _INSTANTS = st.builds(
     lambda naive, tz: naive.replace(tzinfo=tz),
@@ -739,6 +748,7 @@ _TEXT = st.text(min_size=1, max_size=20)  # any account id billing may use: quot
     occurred_at=_INSTANTS,
     first_payment_at=_INSTANTS,
     accounts=st.tuples(_TEXT, _TEXT, _TEXT),
+    code=st.sampled_from(["7K3M-9QXD"]) | _TEXT,
     family=st.sampled_from(["virtual_receptionist", "voice_assistant"]),
     amount=st.integers(min_value=1, max_value=10**12),
     dates=st.tuples(st.dates(), st.dates()),
@@ -749,6 +759,7 @@ def test_payout_due_json_is_the_models_wire_form(
     occurred_at: datetime,
     first_payment_at: datetime,
     accounts: tuple[str, str, str],
+    code: str,
     family: str,
     amount: int,
     dates: tuple[date, date],
@@ -763,7 +774,7 @@ def test_payout_due_json_is_the_models_wire_form(
         "referrer_account_id": referrer,
         "payee": payee,
         "referee_account_id": referee,
-        "referral_code": "7K3M-9QXD",
+        "referral_code": code,
         "plan_family": family,
         "amount_cents": amount,
         "currency": "USD",
@@ -786,6 +797,62 @@ def test_payout_due_json_is_the_models_wire_form(
     assert fast == model.model_dump_json().encode()
     assert payout_due_json(occurred_at=occurred_at, event_id=event_id, **from_db) == fast
     assert PayoutDue.model_validate_json(fast) == model
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    occurred_at=_INSTANTS,
+    family=st.sampled_from(["virtual_receptionist", "voice_assistant"]),
+    dates=st.tuples(st.dates(), st.dates()),
+    events=st.lists(
+        st.tuples(st.uuids(), st.uuids(), _TEXT, st.none() | _TEXT, _TEXT, _INSTANTS),
+        min_size=1,
+        max_size=4,
+    ),
+)
+def test_one_encoder_writes_every_event_of_its_ruling_as_the_model_does(
+    occurred_at: datetime,
+    family: str,
+    dates: tuple[date, date],
+    events: list[tuple[UUID, UUID, str, str | None, str, datetime]],
+) -> None:
+    """The scheduler builds one encoder per ruling and encodes each referral's event with it."""
+    ruling = {
+        "plan_family": family,
+        "amount_cents": 100_000,
+        "currency": "USD",
+        "eligible_on": dates[0],
+        "pay_by": dates[1],
+    }
+    encoder = PayoutDueEncoder(occurred_at=occurred_at, **ruling)
+    for payout_id, referral_id, referrer, payee, referee, first_payment_at in events:
+        own = {
+            "payout_id": _DriverUUID(int=payout_id.int),
+            "referral_id": _DriverUUID(int=referral_id.int),
+            "referrer_account_id": referrer,
+            "payee": payee or referrer,
+            "referee_account_id": referee,
+            "referral_code": "7K3M-9QXD",
+            "first_payment_at": first_payment_at,
+        }
+        model = PayoutDue(
+            event_id=payout_id, occurred_at=occurred_at, data=PayoutDueData(**own, **ruling)
+        )
+        assert encoder.encode(**own) == model.model_dump_json().encode()
+        # The scheduler passes the payout id as its text.
+        assert encoder.encode(**(own | {"payout_id": str(payout_id)})) == encoder.encode(**own)
+
+
+def test_payout_due_json_writes_an_offset_with_seconds_as_the_model_does() -> None:
+    """pydantic-core cuts an offset's seconds (so the instant does not read back); the encoder
+    must still write the model's bytes, whatever they are."""
+    odd = timezone(timedelta(seconds=3661))
+    data = PAYOUT_DUE.data.model_dump(exclude={"program"}) | {
+        "first_payment_at": datetime(2027, 1, 17, 15, 4, 5, 120, tzinfo=odd)
+    }
+    occurred_at = datetime(2027, 4, 1, tzinfo=odd)
+    model = PayoutDue(event_id=data["payout_id"], occurred_at=occurred_at, data=data)
+    assert payout_due_json(occurred_at=occurred_at, **data) == model.model_dump_json().encode()
 
 
 class _DriverUUID(UUID):

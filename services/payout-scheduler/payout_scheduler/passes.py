@@ -39,7 +39,7 @@ from payout_scheduler.completeness import (
 )
 from payout_scheduler.metrics import SchedulerMetrics
 from referral_program.business_days import business_day_horizon
-from referral_program.decisions import Decision, decidable_before, decide
+from referral_program.decisions import Ruling, decidable_before, decide_rows
 from referral_program.table import Outcome, format_money
 from referral_runtime.db import Conn
 from referral_runtime.settings import Settings
@@ -277,31 +277,35 @@ async def _candidate_chunks(
 
 async def _decide_chunk(
     pool: asyncpg.Pool, settings: Settings, as_of: date, bound: datetime, ids: list[UUID]
-) -> list[Decision]:
-    """One transaction: lock the chunk, decide it, write payouts and outbox rows."""
+) -> Counter[Ruling]:
+    """One transaction: lock the chunk, decide it, write payouts and outbox rows.
+
+    Returns how many decisions of each ruling it recorded."""
     tz, settle_days, currency = settings.tz, settings.payout_settle_days, settings.program_currency
     async with pool.acquire() as conn, conn.transaction():
         facts = await store.lock_decidable(conn, ids, bound)
-        if not facts:
-            return []
-        decided = [
-            (f, d)
-            for f in facts
-            if (d := decide(f, as_of, tz, settle_days, currency=currency)) is not None
-        ]
+        decided = decide_rows(facts, as_of, tz, settle_days, currency=currency)
         recorded = await store.record_decisions(
-            conn, decided, as_of, settings.topics.payout_due, tz
+            conn, facts, decided, as_of, settings.topics.payout_due, tz
         )
-    return [d for _, d in decided if d.referral_id in recorded]
+    if len(recorded) == len(decided.row):  # the usual: no replica recorded one first
+        rulings = Counter(decided.ruling)
+    else:
+        rulings = Counter(
+            ruling
+            for row, ruling in zip(decided.row, decided.ruling, strict=True)
+            if facts.referral_id[row] in recorded
+        )
+    return Counter({decided.rulings[ruling]: n for ruling, n in rulings.items()})
 
 
-def _count(recorded: list[Decision], result: PassResult, metrics: SchedulerMetrics) -> None:
+def _count(recorded: Counter[Ruling], result: PassResult, metrics: SchedulerMetrics) -> None:
     decided: Counter[tuple[str, str]] = Counter()
     cash: Counter[str] = Counter()
-    for d in recorded:
-        decided[(d.outcome, d.reason or "")] += 1
-        if d.outcome == Outcome.DUE and d.plan_family is not None:
-            cash[d.plan_family] += d.amount_cents
+    for ruling, n in recorded.items():
+        decided[(ruling.outcome, ruling.reason or "")] += n
+        if ruling.outcome == Outcome.DUE and ruling.plan_family is not None:
+            cash[ruling.plan_family] += ruling.amount_cents * n
     for (outcome, reason), n in decided.items():
         metrics.decisions.labels(outcome, reason).inc(n)
     for family, cents in cash.items():

@@ -27,6 +27,7 @@ from payout_scheduler.passes import (
     refresh_overdue,
 )
 from payout_scheduler.status_subscriber import StatusSubscriber
+from referral_program import business_days
 from referral_runtime.db import TRANSIENT_DB_ERRORS, create_pool, open_pool
 from referral_runtime.health import DependencyProbe
 from referral_runtime.outbox import OutboxRelay, start_producer
@@ -57,6 +58,7 @@ async def tick(settings: Settings, as_of: date, metrics: SchedulerMetrics) -> Ti
     unreachable the decisions stand and their messages wait in the outbox (the
     error propagates after the pass).
     """
+    business_days.load_holidays(as_of.year)
     pool = await create_pool(settings.database_url, size=2)
     try:
         async with broker_offsets(settings) as offsets:
@@ -107,6 +109,7 @@ class SchedulerService:
 
     async def start(self) -> None:
         """Start the background work; returns at once (connections are made with retries)."""
+        business_days.load_holidays(self.today().year)
         self._task = asyncio.create_task(self._run(), name="payout-scheduler")
         self._probe_task = asyncio.create_task(
             self.probe.run(self.stopping, self._set_ready), name="payout-scheduler-probe"

@@ -9,22 +9,14 @@ the caller's transaction; :mod:`payout_scheduler.passes` owns it.
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Sequence
 from datetime import date, datetime
 from uuid import UUID
 from zoneinfo import ZoneInfo
 
-import asyncpg
-
-from referral_events import payout_due_json
+from referral_events import PayoutDueEncoder
 from referral_program import calendar, codes
-from referral_program.decisions import (
-    Cancellation,
-    Decision,
-    ReferralFacts,
-    SubscriptionSpan,
-)
+from referral_program.decisions import ChunkDecisions, FactRows, Ruling
 from referral_program.table import QUALIFYING_FAMILIES, Outcome
 from referral_runtime.db import Conn
 from referral_runtime.referral_state import partner_periods_of
@@ -80,17 +72,18 @@ for update of r skip locked
 # decision's: the program's, never the referee's billing one); the message key is
 # the referrer account, as ``OutboxMessage.key`` would encode it.
 #
-# Few bytes to encode: the distinct (outcome, reason, family, amount, eligible_on,
-# pay_by) kinds are sent once each ($3-$8) and referenced by number ($10); a payee
-# only where it differs from the referrer. Arrays are unnested in select lists,
+# Few bytes to encode: the chunk's distinct rulings (outcome, reason, family, amount,
+# currency, eligible_on, pay_by) are sent once each ($3-$9) and referenced by number
+# ($11); a payee only where it differs from the referrer; a message beside each
+# decision ($14, null where it is not due). Arrays are unnested in select lists,
 # which streams them instead of materialising them (see BENCHMARKS.md).
 _RECORD_DECISIONS = """
-with kinds as (
+with rulings as (
     select k.*
     from unnest($3::text[], $4::text[], $5::text[], $6::bigint[], $7::text[], $8::date[],
                 $9::date[])
         with ordinality as k(outcome, reason, plan_family, amount_cents, currency, eligible_on,
-                             pay_by, kind)
+                             pay_by, ruling)
 ),
 recorded as (
     insert into payouts (referral_id, payout_id, outcome, reason, referrer_account_id,
@@ -101,8 +94,8 @@ recorded as (
            k.amount_cents, k.currency, r.first_payment_at, k.eligible_on, k.pay_by, $12::date,
            case when k.outcome = 'due' then 'due' end
     from (select unnest($1::uuid[]) as referral_id, unnest($2::uuid[]) as payout_id,
-                 unnest($10::text[]) as payee, unnest($11::int[]) as kind) as d
-    join kinds k on k.kind = d.kind
+                 unnest($10::text[]) as payee, unnest($11::int[]) as ruling) as d
+    join rulings k on k.ruling = d.ruling
     join referrals r on r.referral_id = d.referral_id
     on conflict do nothing
     returning referral_id, referrer_account_id
@@ -110,8 +103,9 @@ recorded as (
 announced as (
     insert into outbox (topic, key, payload)
     select $13::text, convert_to(rec.referrer_account_id, 'UTF8'), m.message
-    from (select unnest($14::uuid[]) as referral_id, unnest($15::bytea[]) as message) as m
+    from (select unnest($1::uuid[]) as referral_id, unnest($14::bytea[]) as message) as m
     join recorded rec on rec.referral_id = m.referral_id
+    where m.message is not null
 )
 select d.referral_id from unnest($1::uuid[]) as d(referral_id)
 where d.referral_id not in (select referral_id from recorded)
@@ -146,156 +140,118 @@ async def decidable_ids(
 
 async def lock_decidable(
     conn: Conn, ids: Sequence[UUID], first_payment_before: datetime
-) -> list[ReferralFacts]:
+) -> FactRows:
     """Lock and load those of ``ids`` that are still undecided and free, in id order.
 
-    Each comes with its referee's subscriptions and every cancellation of them.
+    Each comes with its referee's qualifying subscriptions and every cancellation
+    of them, as the rows :class:`~referral_program.decisions.FactRows` describes.
     A referral another transaction holds (a replica, or the consumer updating
     it) is skipped: the next pass takes it.
     """
     rows = await conn.fetch(_LOCK_DECIDABLE, ids, first_payment_before, sorted(QUALIFYING_FAMILIES))
-    facts: list[ReferralFacts] = []
-    head: asyncpg.Record | None = None  # the first row of the referral being read
-    spans: list[tuple[str, str, datetime, datetime | None, datetime | None]] = []
-    for row in rows:  # in referral order, so a referral's rows are adjacent
-        if head is None or row["referral_id"] != head["referral_id"]:
-            if head is not None:
-                facts.append(_facts(head, spans))
-            head, spans = row, []
-        if row["subscription_id"] is not None:  # the referee holds a qualifying one
-            spans.append(
-                (
-                    row["subscription_id"],
-                    row["plan_family"],
-                    row["created_at"],
-                    row["cancelled_at"],
-                    row["effective_at"],
-                )
-            )
-    if head is not None:
-        facts.append(_facts(head, spans))
-    return facts
-
-
-def _facts(
-    head: asyncpg.Record, spans: list[tuple[str, str, datetime, datetime | None, datetime | None]]
-) -> ReferralFacts:
-    return ReferralFacts(
-        referral_id=head["referral_id"],
-        referrer_account_id=head["referrer_account_id"],
-        referee_account_id=head["referee_account_id"],
-        referral_code=head["referral_code"],
-        status=head["status"],
-        reason=head["reason"],
-        first_payment_at=head["first_payment_at"],
-        referrer_partner_periods=partner_periods_of(head["partner_periods"]),
-        payee=head["payee"],
-        subscriptions=_spans(spans),
-    )
-
-
-def _spans(
-    rows: list[tuple[str, str, datetime, datetime | None, datetime | None]],
-) -> tuple[SubscriptionSpan, ...]:
-    """A referee's subscriptions from its lock-query rows (one per cancellation, if any).
-
-    Both cancellation columns are null exactly when the subscription has none
-    (the left join); the table has neither column nullable.
-    """
-    if len(rows) == 1:  # the usual: one subscription, at most one cancellation
-        sid, family, created, at, end = rows[0]
-        cancellations = (Cancellation(at, end),) if at is not None and end is not None else ()
-        return (SubscriptionSpan(sid, family, created, None, None, cancellations),)
-    heads: dict[str, tuple[str, datetime]] = {}
-    by_subscription: defaultdict[str, list[Cancellation]] = defaultdict(list)
-    for sid, family, created, at, end in rows:
-        heads[sid] = (family, created)
-        if at is not None and end is not None:
-            by_subscription[sid].append(Cancellation(at, end))
-    return tuple(
-        SubscriptionSpan(sid, family, created, None, None, tuple(by_subscription[sid]))
-        for sid, (family, created) in heads.items()
+    # Columns by name, one list each: cheaper than a record per referral.
+    return FactRows(
+        referral_id=[r["referral_id"] for r in rows],
+        referrer_account_id=[r["referrer_account_id"] for r in rows],
+        referee_account_id=[r["referee_account_id"] for r in rows],
+        referral_code=[r["referral_code"] for r in rows],
+        status=[r["status"] for r in rows],
+        reason=[r["reason"] for r in rows],
+        first_payment_at=[r["first_payment_at"] for r in rows],
+        referrer_partner_periods=[
+            () if p is None else partner_periods_of(p) for p in (r["partner_periods"] for r in rows)
+        ],
+        payee=[r["payee"] for r in rows],
+        subscription_id=[r["subscription_id"] for r in rows],
+        plan_family=[r["plan_family"] for r in rows],
+        created_at=[r["created_at"] for r in rows],
+        cancelled_at=[r["cancelled_at"] for r in rows],
+        effective_at=[r["effective_at"] for r in rows],
     )
 
 
 async def record_decisions(
     conn: Conn,
-    decided: Sequence[tuple[ReferralFacts, Decision]],
+    facts: FactRows,
+    decided: ChunkDecisions,
     as_of: date,
     topic: str,
     tz: ZoneInfo,
 ) -> set[UUID]:
-    """Record decisions of referrals this transaction locked, with their ``payout.due`` messages.
+    """Record the decisions of referrals this transaction locked, with their ``payout.due``
+    messages.
 
-    One statement: a ``payouts`` row per decision and, for each due one, an
-    outbox row on ``topic``. Returns the referral ids recorded now; a referral
-    that already has a payout row keeps it, gets no new message, and its id is
-    not returned.
+    ``decided`` is what :func:`~referral_program.decisions.decide_rows` made of
+    ``facts``. One statement: a ``payouts`` row per decision and, for each due
+    one, an outbox row on ``topic``. Returns the referral ids recorded now; a
+    referral that already has a payout row keeps it, gets no new message, and
+    its id is not returned.
     """
-    if not decided:
+    if not decided.row:
         return set()
-    decisions = [d for _, d in decided]
-    kinds: dict[tuple[str, str | None, str | None, int, str, date, date], int] = {}
-    kind_of = [
-        kinds.setdefault(
-            (
-                d.outcome,
-                d.reason,
-                d.plan_family,
-                d.amount_cents,
-                d.currency,
-                d.eligible_on,
-                d.pay_by,
-            ),
-            len(kinds) + 1,  # ordinality numbers from 1
-        )
-        for d in decisions
+    referral_ids = [facts.referral_id[i] for i in decided.row]
+    referrers = [facts.referrer_account_id[i] for i in decided.row]
+    encoders = [
+        payout_due_encoder(ruling, tz) if ruling.outcome == Outcome.DUE else None
+        for ruling in decided.rulings
     ]
-    due = [(f, d) for f, d in decided if d.outcome == Outcome.DUE]
-    kind_columns = list(zip(*kinds, strict=True))
+    messages = [
+        None
+        if (encoder := encoders[ruling]) is None
+        else encoder.encode(
+            payout_id=payout_id,
+            referral_id=referral_id,
+            referrer_account_id=referrer,
+            payee=payee,
+            referee_account_id=facts.referee_account_id[row],
+            referral_code=codes.display(facts.referral_code[row]),
+            first_payment_at=facts.first_payment_at[row],
+        )
+        for row, ruling, referral_id, payout_id, payee, referrer in zip(
+            decided.row,
+            decided.ruling,
+            referral_ids,
+            decided.payout_id,
+            decided.payee,
+            referrers,
+            strict=True,
+        )
+    ]
     not_recorded = await conn.fetch(
         _RECORD_DECISIONS,
-        [d.referral_id for d in decisions],
-        [d.payout_id for d in decisions],
-        *kind_columns,
-        [d.payee if d.payee != f.referrer_account_id else None for f, d in decided],
-        kind_of,
+        referral_ids,
+        decided.payout_id,
+        *zip(*decided.rulings, strict=True),
+        [p if p != r else None for p, r in zip(decided.payee, referrers, strict=True)],
+        [ruling + 1 for ruling in decided.ruling],  # ordinality numbers from 1
         as_of,
         topic,
-        [d.referral_id for _, d in due],
-        [payout_due_payload(d, f, tz) for f, d in due],
+        messages,
     )
-    recorded = {d.referral_id for d in decisions}
+    recorded = set(referral_ids)
     recorded.difference_update(r[0] for r in not_recorded)
     return recorded
 
 
-def payout_due_payload(decision: Decision, facts: ReferralFacts, tz: ZoneInfo) -> bytes:
-    """The ``payout.due`` event of a due decision (keyed by the referrer account when enqueued).
+def payout_due_encoder(ruling: Ruling, tz: ZoneInfo) -> PayoutDueEncoder:
+    """The ``payout.due`` events of the due decisions of ``ruling``.
 
-    Attempt 1, so ``event_id`` is the ``payout_id``; ``occurred_at`` is the business time the
-    cash became due (the start of ``eligible_on`` in the program time zone), so
-    the event is the same whichever replica, day or run produced it.
+    Attempt 1, so each ``event_id`` is its ``payout_id``; ``occurred_at`` is the business
+    time the cash became due (the start of ``eligible_on`` in the program time zone), so
+    an event is the same whichever replica, day or run produced it. The events are keyed
+    by the referrer account when enqueued.
     """
-    if decision.outcome != Outcome.DUE or decision.plan_family is None:
-        raise ValueError(f"referral {decision.referral_id} is {decision.outcome}, not due")
-    payload: bytes = payout_due_json(
-        payout_id=decision.payout_id,
-        referral_id=decision.referral_id,
-        occurred_at=calendar.eligibility_instant(decision.eligible_on, tz),
-        referrer_account_id=facts.referrer_account_id,
-        payee=decision.payee,
-        referee_account_id=facts.referee_account_id,
-        referral_code=codes.display(facts.referral_code),
-        plan_family=decision.plan_family,
-        amount_cents=decision.amount_cents,
-        currency=decision.currency,
-        first_payment_at=decision.first_payment_at,
-        eligible_on=decision.eligible_on,
-        pay_by=decision.pay_by,
+    if ruling.outcome != Outcome.DUE or ruling.plan_family is None:
+        raise ValueError(f"a {ruling.outcome} ruling announces no payout")
+    return PayoutDueEncoder(
+        occurred_at=calendar.eligibility_instant(ruling.eligible_on, tz),
+        plan_family=ruling.plan_family,
+        amount_cents=ruling.amount_cents,
+        currency=ruling.currency,
+        eligible_on=ruling.eligible_on,
+        pay_by=ruling.pay_by,
         attempt=1,
     )
-    return payload
 
 
 async def record_pass(conn: Conn, as_of: date, decided: int) -> None:
