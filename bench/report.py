@@ -114,7 +114,7 @@ def targets(results: dict[str, Any]) -> list[Target]:
             "consumer x2 replicas / one replica",
             pair["events_per_s"] / consumer if pair and consumer else None,
             ">=",
-            1.3,
+            1.5,
             "x",
         ),
         Target(
