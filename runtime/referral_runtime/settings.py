@@ -219,6 +219,22 @@ class Settings(DatabaseSettings):
     kafka_bootstrap_servers: str = Field(min_length=1)
 
 
+class ConsumerSettings(Settings):
+    """The consumer's: its batch transactions and its outbox relay share one pool."""
+
+    @model_validator(mode="after")
+    def _pool_holds_the_transactions_and_the_relay(self) -> Self:
+        n = self.consumer_transactions_in_flight
+        if self.db_pool_size <= n:
+            raise ValueError(
+                f"DB_POOL_SIZE={self.db_pool_size} is taken whole by "
+                f"CONSUMER_TRANSACTIONS_IN_FLIGHT={n} batch transactions, leaving the outbox "
+                f"relay and the readiness probe waiting: set DB_POOL_SIZE to at least {n + 1} "
+                "or lower CONSUMER_TRANSACTIONS_IN_FLIGHT"
+            )
+        return self
+
+
 _POSTGRES_URL_SHAPE = "e.g. postgresql://user:password@host:5432/dbname"
 
 AnySettings = TypeVar("AnySettings", bound=DatabaseSettings)

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from referral_runtime.build_info import add_version_argument
 from referral_runtime.logs import configure_logging
 from referral_runtime.serve import serve
-from referral_runtime.settings import load_settings
+from referral_runtime.settings import ConsumerSettings, load_settings
 
 #: Container objects the collector tracks per record of a parsed batch, with headroom
 #: (measured: 2.0 for subscription.created with every customer field, since validation
@@ -46,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> None:
     build_parser().parse_args(argv)
-    settings = load_settings()
+    settings = load_settings(ConsumerSettings)
     gc.set_threshold(young_generation_size(settings.consumer_max_batch), 20, 100)
     configure_logging(settings.log_level, settings.log_format)
     from referral_consumer.app import create_app
