@@ -21,7 +21,7 @@ from typing import Any
 import asyncpg
 import pytest
 import structlog
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from referral_consumer import writer
 from referral_consumer.app import ConsumerService
@@ -171,6 +171,28 @@ async def read_topic(
     finally:
         await consumer.stop()
     return out
+
+
+async def committed_offsets(settings: Settings, group: str, topic: str) -> dict[int, int]:
+    """``group``'s committed offset per partition of ``topic`` (a partition it never
+    committed is absent)."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.kafka_bootstrap_servers,
+        group_id=group,
+        enable_auto_commit=False,
+        **kafka_client_options(),
+    )
+    await consumer.start()
+    try:
+        await consumer.topics()
+        found = {}
+        for p in consumer.partitions_for_topic(topic) or set():
+            offset = await consumer.committed(TopicPartition(topic, p))
+            if offset is not None:
+                found[p] = offset
+        return found
+    finally:
+        await consumer.stop()
 
 
 def spawn(

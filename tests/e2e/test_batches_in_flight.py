@@ -14,38 +14,16 @@ from typing import Any
 
 import asyncpg
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from referral_devtools import synthetic as bill
 from referral_runtime.settings import Settings
-from tests.conftest import kafka_client_options, wait_for
-from tests.e2e.harness import producer, read_topic, running_consumer
+from tests.conftest import wait_for
+from tests.e2e.harness import committed_offsets, producer, read_topic, running_consumer
 from tests.e2e.scenario import referrer_events
 
 #: How long the first batch is held after the second one ended: the window in which a commit
 #: out of order would show.
 HELD_FOR = 1.5
-
-
-async def _committed(settings: Settings, topic: str) -> dict[int, int]:
-    """The consumer group's committed offset per partition of ``topic`` (absent: none)."""
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.kafka_bootstrap_servers,
-        group_id=settings.consumer_group,
-        enable_auto_commit=False,
-        **kafka_client_options(),
-    )
-    await consumer.start()
-    try:
-        await consumer.topics()
-        found = {}
-        for p in consumer.partitions_for_topic(topic) or set():
-            offset = await consumer.committed(TopicPartition(topic, p))
-            if offset is not None:
-                found[p] = offset
-        return found
-    finally:
-        await consumer.stop()
 
 
 @pytest.mark.parametrize("second", ["fails", "succeeds"])
@@ -84,7 +62,7 @@ async def test_no_offset_is_committed_past_a_batch_still_in_flight(
         loop = asyncio.get_running_loop()
         window_ends = loop.time() + HELD_FOR
         while loop.time() < window_ends:
-            committed = await _committed(s, topic)
+            committed = await committed_offsets(s, s.consumer_group, topic)
             assert committed == {}, f"offsets committed while the first batch is held: {committed}"
         release_first.set()
 
@@ -95,7 +73,9 @@ async def test_no_offset_is_committed_past_a_batch_still_in_flight(
 
         async def all_committed() -> bool:
             # The topic is this test's: its partitions hold exactly these events from offset 0.
-            return sum((await _committed(s, topic)).values()) == len(events)
+            return sum((await committed_offsets(s, s.consumer_group, topic)).values()) == len(
+                events
+            )
 
         await wait_for(all_committed, timeout=30)
         assert next(calls) > 3, "the scenario did not put two batches in flight"

@@ -24,7 +24,6 @@ from typing import Any
 from uuid import UUID, uuid4
 
 import asyncpg
-from aiokafka import AIOKafkaConsumer, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
 from payout_scheduler.service import SchedulerService
@@ -34,7 +33,7 @@ from referral_devtools.seed import seed
 from referral_program.payouts import attempt_event_id
 from referral_runtime.settings import Settings
 from tests.conftest import settings_env, wait_for
-from tests.e2e.harness import producer, read_topic, spawn, terminate
+from tests.e2e.harness import committed_offsets, producer, read_topic, spawn, terminate
 
 PAID_AT = datetime(2026, 11, 20, 18, 0, tzinfo=UTC)
 
@@ -492,26 +491,9 @@ async def status_state(db: asyncpg.Connection) -> dict[str, Any]:
 
 async def committed(settings: Settings) -> dict[int, int]:
     """The status group's committed offsets, per partition of the status topic."""
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.kafka_bootstrap_servers,
-        group_id=settings.payout_status_group,
-        enable_auto_commit=False,
+    return await committed_offsets(
+        settings, settings.payout_status_group, settings.topics.payout_status
     )
-    await consumer.start()
-    try:
-        topic = settings.topics.payout_status
-        partitions = consumer.partitions_for_topic(topic) or set()
-        if not partitions:
-            await consumer.topics()
-            partitions = consumer.partitions_for_topic(topic) or set()
-        found = {}
-        for p in partitions:
-            offset = await consumer.committed(TopicPartition(topic, p))
-            if offset is not None:
-                found[p] = offset
-        return found
-    finally:
-        await consumer.stop()
 
 
 def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
