@@ -71,10 +71,16 @@ for {mode} of a
 """
 _LOCK_MODES = frozenset({"update", "no key update", "key share"})
 
+# Lookups by a non-unique key (subscriptions by account or by referrer) are lateral
+# subqueries with OFFSET 0: not flattened into a join, they run once per id and go by the
+# index whatever the column's statistics say, so a batch costs what it touches, not what
+# the table holds (migration 0015 explains why a plain join does not).
 _REFERRERS = """
 select s.referrer_account_id as account_id
-from unnest($1::text[]) as w(account_id) join subscriptions s using (account_id)
-where s.referrer_account_id is not null
+from unnest($1::text[]) as w(account_id)
+cross join lateral (select s.referrer_account_id from subscriptions s
+                    where s.account_id = w.account_id and s.referrer_account_id is not null
+                    offset 0) s
 union
 select c.account_id
 from unnest($2::text[]) as x(code) join referral_codes c using (code)
@@ -226,13 +232,45 @@ with referee as (select distinct unnest($1::text[]) as account_id),
 wanted as (
     select account_id from referee
     union
-    select s.referrer_account_id from referee join subscriptions s using (account_id)
-    where s.referrer_account_id is not null
+    select s.referrer_account_id from referee
+    cross join lateral (select s.referrer_account_id from subscriptions s
+                        where s.account_id = referee.account_id
+                          and s.referrer_account_id is not null
+                        offset 0) s
 )
-select s.subscription_id, s.account_id, s.created_at, s.plan_family, s.currency,
-       s.first_time_client, s.referral_code, s.referrer_account_id, s.email_domain,
-       s.organization_id, s.payment_fingerprint_hash
-from wanted join subscriptions s using (account_id)
+select s.*
+from wanted
+cross join lateral (
+    select s.subscription_id, s.account_id, s.created_at, s.plan_family, s.currency,
+           s.first_time_client, s.referral_code, s.referrer_account_id, s.email_domain,
+           s.organization_id, s.payment_fingerprint_hash
+    from subscriptions s where s.account_id = wanted.account_id
+    offset 0
+) s
+"""
+
+# The referees whose referral a batch may change: the touched accounts that were referred,
+# and every referee of a referrer whose compared facts changed.
+_REFEREES = """
+select s.account_id from unnest($1::text[]) as t(account_id)
+cross join lateral (select s.account_id from subscriptions s
+                    where s.account_id = t.account_id and s.referrer_account_id is not null
+                    offset 0) s
+union
+select s.account_id from unnest($2::text[]) as c(referrer_account_id)
+cross join lateral (select s.account_id from subscriptions s
+                    where s.referrer_account_id = c.referrer_account_id
+                    offset 0) s
+"""
+
+_PAID_INVOICES = """
+select i.*
+from unnest($1::text[]) as w(account_id)
+cross join lateral (
+    select i.invoice_id, i.account_id, i.subscription_id, i.paid_at, i.amount_paid_cents
+    from invoices i where i.account_id = w.account_id and i.amount_paid_cents > 0
+    offset 0
+) i
 """
 
 _UPSERT_REFERRALS = """
@@ -282,12 +320,7 @@ async def recompute_referrals(
     referees = [
         r["account_id"]
         for r in await conn.fetch(
-            """select s.account_id from unnest($1::text[]) as t(account_id)
-               join subscriptions s using (account_id)
-               where s.referrer_account_id is not null
-               union
-               select s.account_id from unnest($2::text[]) as c(referrer_account_id)
-               join subscriptions s using (referrer_account_id)""",
+            _REFEREES,
             list(touched),
             list(referrers_changed),
         )
@@ -298,12 +331,7 @@ async def recompute_referrals(
     for row in await conn.fetch(_SUBSCRIPTION_FACTS, referees):
         subscriptions[row["account_id"]].append(SubscriptionFact(**row))
     invoices: defaultdict[str, list[InvoiceFact]] = defaultdict(list)
-    for row in await conn.fetch(
-        """select invoice_id, account_id, subscription_id, paid_at, amount_paid_cents
-           from unnest($1::text[]) as w(account_id) join invoices i using (account_id)
-           where i.amount_paid_cents > 0""",
-        referees,
-    ):
+    for row in await conn.fetch(_PAID_INVOICES, referees):
         invoices[row["account_id"]].append(InvoiceFact(**row))
     touches = {
         referee: touch
